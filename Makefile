@@ -1,0 +1,54 @@
+# kvgpt: every target installs what it needs into .venv on first use.
+#   make lab    open the tutorial (JupyterLab on notebooks/)
+#   make test   run every test: unit, property, transformers parity and the notebooks under nbval
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first: an open-ended `torch` requirement would pull a multi-GB CUDA build. Override for your platform,
+# e.g. make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+.PHONY: lab test unit nbval notebooks demo bench bench-quick figures colab-url clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "import matplotlib.pyplot"  # build the font cache now, not inside a checked notebook cell
+	touch $@
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks/01_config.ipynb
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(NBVAL) tests notebooks
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+nbval: $(VENV)/.installed
+	$(PY) -m pytest $(NBVAL) notebooks
+
+notebooks: $(VENV)/.installed  ## re-execute every notebook in place (rewrites stored outputs)
+	$(PY) scripts/execute_notebooks.py
+
+demo: $(VENV)/.installed
+	$(PY) -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 0
+
+bench: $(VENV)/.installed
+	$(PY) -m kvgpt bench
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m kvgpt bench --quick
+
+figures: $(VENV)/.installed
+	$(PY) scripts/make_figures.py
+
+colab-url: $(VENV)/.installed  ## make colab-url REPO=owner/name rewrites every badge and install cell
+	$(PY) scripts/set_repo_url.py $(REPO)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

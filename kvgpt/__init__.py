@@ -1,0 +1,28 @@
+"""kvgpt: a small GPT-2 inference engine that teaches the KV cache, one module per chapter.
+
+Shape legend, used as trailing comments throughout the package and the notebooks:
+
+    B  batch (rows generated together)
+    T  new tokens in this call (the prompt length at prefill, 1 at a decode step)
+    S  key/value positions visible to the queries (past + T)
+    C  model width (d_model)
+    H  attention heads          D  head dim = C // H
+    V  vocabulary size          L  layers
+
+Chapter map: config (01) · embeddings (02) · attention (03) · kv_cache, model (04) ·
+generation (05) · sampling (06) · batching (07) · benchmark (08).
+"""
+
+from .attention import CausalSelfAttention
+from .config import ModelConfig
+from .embeddings import PositionalEmbedding, TokenEmbedding
+from .kv_cache import CachedCausalSelfAttention, DynamicKVCache, KVCache, KVCacheManager, StaticKVCache
+from .model import FeedForward, MiniGPTInferenceModel, TransformerBlock
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelConfig", "TokenEmbedding", "PositionalEmbedding", "CausalSelfAttention",
+    "CachedCausalSelfAttention", "KVCache", "DynamicKVCache", "StaticKVCache", "KVCacheManager",
+    "FeedForward", "TransformerBlock", "MiniGPTInferenceModel",
+]

@@ -1,0 +1,72 @@
+"""Batching prompts of different lengths: left padding, per-row positions, and the mask that hides the pads.
+
+Rows are right-aligned so every row's next token goes in the same cache slot; row b's first
+pad_lengths[b] slots are padding. Introduced in notebooks/07_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import torch
+
+from .attention import causal_mask
+
+
+def pad_lengths_from_mask(attention_mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Count the leading zeros of a (B, T) 0/1 left-padding mask. -> (B,) long.
+
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    mask = attention_mask.to(torch.long)
+    if mask.dim() != 2 or mask.shape[0] != batch_size or not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"attention_mask must be (B={batch_size}, T) of 0/1, got shape {tuple(mask.shape)}")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ValueError("attention_mask must be left padding: zeros may only come before the ones of a row")
+    return (mask == 0).sum(dim=1)  # (B,)
+
+
+def padded_position_ids(pad_lengths: torch.Tensor, past: int, t: int) -> torch.Tensor:
+    """Positions of slots past .. past + t - 1 for each row: slot - pad, pads clamped to 0. -> (B, T).
+
+    Without this, a row padded by 3 would start its text at position 3 and its logits would
+    differ from running it alone (the classic left-padding bug for learned positions).
+
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    slots = torch.arange(past, past + t, device=pad_lengths.device)  # (T,)
+    return (slots[None, :] - pad_lengths[:, None]).clamp(min=0)  # (B, T)
+
+
+def padded_attention_mask(pad_lengths: torch.Tensor, past: int, t: int) -> torch.Tensor:
+    """Mask for t new queries over S = past + t slots: causal, no pad keys, and always itself.
+
+    Shapes: pad_lengths (B,) -> (B, 1, T, S) bool. Letting a query see itself means a padding
+    query still has one key, so softmax never meets an all-masked row (no NaN).
+
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    s, device = past + t, pad_lengths.device
+    causal = causal_mask(t, s, device)  # (T, S)
+    itself = torch.arange(s, device=device)[None, :] == torch.arange(past, s, device=device)[:, None]  # (T, S)
+    real = torch.arange(s, device=device)[None, :] >= pad_lengths[:, None]  # (B, S)
+    return (causal & (real[:, None, :] | itself)).unsqueeze(1)  # (B, 1, T, S)
+
+
+def pad_prompts(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts of different lengths into one batch. -> ids (B, T) long, attention_mask (B, T) long.
+
+    T is the longest prompt; row b starts with T - len(prompts[b]) copies of pad_id, marked 0 in the mask.
+    The pad id never matters: the mask hides it and positions come from the mask.
+
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got lengths {[len(r) for r in rows]}")
+    if any(isinstance(i, bool) or not isinstance(i, Integral) for r in rows for i in r + [pad_id]):
+        raise ValueError(f"prompts and pad_id={pad_id!r} must hold int token ids")
+    t = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (t - len(r)) + r for r in rows], dtype=torch.long, device=device)  # (B, T)
+    mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)  # (B, T)
+    return ids, mask

@@ -1,0 +1,65 @@
+"""ModelConfig: the one immutable description of a model's shape.
+
+Introduced in notebooks/01_config.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+ATTN_IMPLS = ("sdpa", "manual")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a GPT-2-style decoder, fixed for the model's lifetime.
+
+    Shapes: C = d_model, H = n_heads, D = head_dim = C // H, V = vocab_size, L = n_layers.
+
+    `dropout` is kept for compatibility with training configs; kvgpt is inference-only and never
+    applies it. `attn_impl` picks explicit matmul-mask-softmax ("manual", what the chapters show)
+    or torch's fused scaled_dot_product_attention ("sdpa", the fast default); they agree.
+
+    Introduced in notebooks/01_config.ipynb.
+    """
+
+    vocab_size: int
+    n_layers: int
+    n_heads: int
+    d_model: int
+    block_size: int
+    dropout: float = 0.0
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layers", "n_heads", "d_model", "block_size"):
+            value = getattr(self, name)
+            # bool is an int subclass; True layers is a typo, not a size
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r}: must be a positive int")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                "each head gets d_model // n_heads dimensions"
+            )
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) or not 0 <= d < 1:
+            raise ValueError(f"dropout={d!r}: must be a number in [0, 1)")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={self.attn_impl!r}: must be one of {ATTN_IMPLS}")
+
+    @property
+    def head_dim(self) -> int:
+        """D, the width of one attention head."""
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (for config.json)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a dict, ignoring keys that are not fields (e.g. training metadata)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

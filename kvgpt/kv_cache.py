@@ -1,0 +1,213 @@
+"""The KV cache: each layer keeps the keys and values it already computed, so a step only projects the new token.
+
+Two kinds behind one interface: DynamicKVCache grows by concatenation (simple, allocates every
+step); StaticKVCache writes into buffers allocated once (what serving engines do).
+Introduced in notebooks/04_kv_cache.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import CausalSelfAttention, attend
+from .batching import padded_attention_mask, padded_position_ids, pad_lengths_from_mask
+from .config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of one layer for positions 0 .. length - 1; the interface both kinds share.
+
+    Shapes: keys, values (B, H, S, D) views of the filled part (None while empty).
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    length: int = 0
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store T new positions; return every key and value so far. (B, H, T, D) -> (B, H, S, D)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every position (a static cache keeps its buffers for the next sequence)."""
+        raise NotImplementedError
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the cache holds right now."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        shape = None if self.keys is None else tuple(self.keys.shape)
+        return f"{type(self).__name__}(length={self.length}, keys={shape}, nbytes={self.nbytes})"
+
+
+class DynamicKVCache(KVCache):
+    """Grows by torch.cat every step: a new (B, H, S, D) tensor each time, memory follows length.
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, k_new, v_new):
+        if self._k is not None:
+            k_new = torch.cat([self._k, k_new], dim=2)  # (B, H, S - T, D) + (B, H, T, D) -> (B, H, S, D)
+            v_new = torch.cat([self._v, v_new], dim=2)
+        self._k, self._v, self.length = k_new, v_new, k_new.size(2)
+        return self._k, self._v
+
+    def reset(self):
+        self._k, self._v, self.length = None, None, 0
+
+    keys = property(lambda self: self._k)
+    values = property(lambda self: self._v)
+    nbytes = property(lambda self: 0 if self._k is None else 2 * self._k.nelement() * self._k.element_size())
+
+
+class StaticKVCache(KVCache):
+    """Buffers of shape (B, H, capacity, D) allocated once and written in place; never reallocated.
+
+    Allocation happens at construction when device and dtype are given, else on the first append
+    (adopting the model's device and dtype). Writing past capacity raises instead of growing.
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self, batch_size: int, n_heads: int, head_dim: int, capacity: int,
+                 device=None, dtype: torch.dtype | None = None) -> None:
+        self.shape = (batch_size, n_heads, capacity, head_dim)  # (B, H, capacity, D)
+        self.capacity, self.length = capacity, 0
+        self._k = self._v = None
+        if device is not None or dtype is not None:
+            self._allocate(torch.device(device or "cpu"), dtype or torch.float32)
+
+    def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
+        self._k = torch.zeros(self.shape, device=device, dtype=dtype)
+        self._v = torch.zeros(self.shape, device=device, dtype=dtype)
+
+    def append(self, k_new, v_new):
+        start, end = self.length, self.length + k_new.size(2)
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: writing positions {start}..{end - 1} "
+                             f"but capacity={self.capacity} (positions 0..{self.capacity - 1})")
+        if self._k is None:
+            self._allocate(k_new.device, k_new.dtype)
+        b, h, _, d = self.shape
+        if k_new.shape != (b, h, end - start, d) or k_new.dtype != self._k.dtype:
+            raise ValueError(f"k_new {tuple(k_new.shape)} {k_new.dtype} does not fit a cache of "
+                             f"(B, H, ·, D) = {(b, h, d)} {self._k.dtype}")
+        self._k[:, :, start:end] = k_new  # in place: no allocation per step
+        self._v[:, :, start:end] = v_new
+        self.length = end
+        return self._k[:, :, :end], self._v[:, :, :end]  # (B, H, S, D) views
+
+    def reset(self):
+        self.length = 0  # stale entries beyond length are never read
+
+    keys = property(lambda self: None if self.length == 0 else self._k[:, :, : self.length])
+    values = property(lambda self: None if self.length == 0 else self._v[:, :, : self.length])
+    nbytes = property(lambda self: 0 if self._k is None else 2 * self._k.nelement() * self._k.element_size())
+
+
+class KVCacheManager:
+    """One cache per layer, plus the left-padding of each row of a batch.
+
+    Shapes: pad_lengths (B,) — how many leading slots of each row are padding (None: no padding).
+    Positions are slots: slot s of row b holds the token at position s - pad_lengths[b].
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, kind: str = "static",
+                 capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
+        if kind not in ("static", "dynamic"):
+            raise ValueError(f"kind={kind!r}: must be 'static' or 'dynamic'")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
+        capacity = config.block_size if capacity is None else capacity
+        if not isinstance(capacity, int) or not 0 < capacity <= config.block_size:
+            raise ValueError(f"capacity={capacity!r}: must be an int in 1..block_size={config.block_size}")
+        self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
+        shape = (batch_size, config.n_heads, config.head_dim, capacity)
+        self.layer_caches: list[KVCache] = [
+            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
+            for _ in range(config.n_layers)
+        ]
+        self.pad_lengths: torch.Tensor | None = None
+
+    def get(self, layer_idx: int) -> KVCache:
+        """The cache of layer `layer_idx`; each layer must use only its own."""
+        return self.layer_caches[layer_idx]
+
+    def reset_all(self) -> None:
+        """Empty every layer and forget the padding, ready for a new batch of sequences."""
+        for cache in self.layer_caches:
+            cache.reset()
+        self.pad_lengths = None
+
+    @property
+    def length(self) -> int:
+        """Slots filled so far (the same in every layer after a complete model call)."""
+        return self.layer_caches[0].length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all layers: 2 * L * B * H * S * D * element size (S = capacity if static)."""
+        return sum(cache.nbytes for cache in self.layer_caches)
+
+    def set_padding(self, attention_mask: torch.Tensor) -> None:
+        """Record left padding from the (B, T) 0/1 mask of a prompt's first chunk (0 = pad)."""
+        self.pad_lengths = pad_lengths_from_mask(attention_mask, self.batch_size)  # (B,)
+
+    def position_ids(self, t: int, device=None) -> torch.Tensor:
+        """Positions of the next t slots: (T,) without padding, (B, T) with it."""
+        if self.pad_lengths is None:
+            return torch.arange(self.length, self.length + t, device=device)  # (T,)
+        return padded_position_ids(self.pad_lengths, self.length, t)  # (B, T)
+
+    def attention_mask(self, t: int, device=None) -> torch.Tensor | None:
+        """Mask for the next t queries: None without padding (layers apply the causal mask), else (B, 1, T, S)."""
+        return None if self.pad_lengths is None else padded_attention_mask(self.pad_lengths, self.length, t)
+
+    def __repr__(self) -> str:
+        return (f"KVCacheManager(kind={self.kind!r}, layers={len(self.layer_caches)}, batch_size={self.batch_size}, "
+                f"length={self.length}, capacity={self.capacity}, nbytes={self.nbytes})")
+
+
+class CachedCausalSelfAttention(CausalSelfAttention):
+    """Self-attention that projects only the new tokens and reads the past from this layer's cache.
+
+    Shapes: x (B, T, C) with T = 1 per decode step (T = prompt length at prefill) -> (B, T, C);
+    the new keys and values (B, H, T, D) join the cache, queries attend over S = past + T.
+    Without a cache it is exactly CausalSelfAttention (same weights).
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None):
+        if kv_cache is None:
+            return super().forward(x, mask)
+        if kv_cache.length != position:  # a cache shared between layers, or a skipped/repeated step
+            raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
+                             "each layer must write at its own cache's length")
+        t = x.size(1)
+        q, k, v = self.split_heads(x)  # (B, H, T, D)
+        k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
+        if mask is None and t > 1:
+            mask = self.causal_mask[position : position + t, : position + t]  # (T, S)
+        return self.merge_heads(attend(q, k_all, v_all, mask, self.impl))  # (B, T, C)

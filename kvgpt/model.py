@@ -1,0 +1,185 @@
+"""The GPT-2 decoder: blocks of pre-LayerNorm attention and MLP, with a full forward and a cached path.
+
+`forward` recomputes everything (the reference); `prefill` fills the caches from a prompt in one
+pass; `forward_step` adds exactly one token per row. Introduced in notebooks/04_kv_cache.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .embeddings import PositionalEmbedding, TokenEmbedding
+from .kv_cache import CachedCausalSelfAttention, KVCache, KVCacheManager
+
+LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: Linear(C, 4C) -> GELU (tanh approximation, as GPT-2) -> Linear(4C, C).
+
+    Shapes: (B, T, C) -> (B, T, C).
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(4 * config.d_model, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.gelu(self.fc(x)))  # (B, T, C)
+
+
+class TransformerBlock(nn.Module):
+    """x = x + Attention(LN(x)); x = x + MLP(LN(x)). With a cache, attention reads and extends it.
+
+    Shapes: x (B, T, C) -> (B, T, C).
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.attn = CachedCausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, position, mask)
+        return x + self.ffn(self.ln_2(x))  # (B, T, C)
+
+
+class MiniGPTInferenceModel(nn.Module):
+    """GPT-2 architecture for inference: embeddings, L blocks, final LayerNorm, tied LM head.
+
+    Shapes: token ids (B, T) -> logits (B, T, V); forward_step: (B,) -> (B, V).
+    The model holds no generation state: caches belong to the caller (a KVCacheManager), so
+    one model can serve several generations.
+
+    Introduced in notebooks/04_kv_cache.ipynb.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = TokenEmbedding(config)
+        self.position_embedding = PositionalEmbedding(config)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.final_layernorm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.embedding.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+
+    @classmethod
+    def from_hf(cls, name_or_dir: str, **kwargs) -> "MiniGPTInferenceModel":
+        """Load HuggingFace GPT-2 weights (a local directory, or a hub name when online). See kvgpt/hf.py."""
+        from .hf import load_hf
+
+        return load_hf(name_or_dir, **kwargs)
+
+    def to_hf(self):
+        """A transformers GPT2LMHeadModel with exactly these weights. See kvgpt/hf.py."""
+        from .hf import to_hf
+
+        return to_hf(self)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's initialisation, so a fresh model gives sensible logits before any weights load
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _check_ids(self, token_ids: torch.Tensor, name: str) -> None:
+        if token_ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {token_ids.dtype}")
+        if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() >= self.config.vocab_size):
+            bad = token_ids[(token_ids < 0) | (token_ids >= self.config.vocab_size)][0].item()
+            raise ValueError(f"{name} contains token id {bad}; allowed ids are 0..{self.config.vocab_size - 1}")
+
+    def _check_context(self, end: int) -> None:
+        if end > self.config.block_size:
+            raise ValueError(f"{end} positions exceed the model's context block_size={self.config.block_size}")
+
+    def _logits(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+        if last_only:
+            x = x[:, -1]  # (B, C): the LM head is the widest matmul; skip the rows nobody reads
+        return self.lm_head(self.final_layernorm(x))  # (B, T, V) or (B, V)
+
+    def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Full forward with no cache: every position recomputed. (B, T) -> (B, T, V), or (B, V) if last_only.
+
+        `attention_mask` (B, T) of 0/1 marks left padding, as in prefill.
+        """
+        return self.prefill(token_ids, None, attention_mask, last_only)
+
+    def prefill(self, token_ids: torch.Tensor, cache: KVCacheManager | None,
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Run T tokens in one pass, appending their keys and values to every layer's cache.
+
+        Shapes: token_ids (B, T), attention_mask (B, T) 0/1 with 0 = left padding (first chunk
+        only) -> logits (B, T, V), or (B, V) for the last position if last_only. With a non-empty
+        cache this continues it (chunked prefill). With cache=None nothing is stored.
+        """
+        if token_ids.dim() != 2 or token_ids.size(1) == 0:
+            raise ValueError(f"token_ids must be (B, T) with T >= 1, got shape {tuple(token_ids.shape)}")
+        self._check_ids(token_ids, "token_ids")
+        b, t = token_ids.shape
+        if cache is None:  # a throw-away cache-less run: positions and mask as for an empty cache
+            cache = _NoCache(self.config, b)
+        elif cache.batch_size != b:
+            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={cache.batch_size}")
+        past = cache.length
+        self._check_context(past + t)
+        if attention_mask is not None:
+            if past:
+                raise ValueError("attention_mask (padding) is only accepted for the first chunk of a prompt")
+            cache.set_padding(attention_mask.to(token_ids.device))
+        return self._run(token_ids, cache, past, last_only)
+
+    def forward_step(self, next_ids: torch.Tensor, position: int, cache: KVCacheManager) -> torch.Tensor:
+        """Decode one new token per row at slot `position`, which must equal the cache length.
+
+        Shapes: next_ids (B,) or (B, 1) -> logits (B, V).
+        """
+        if next_ids.dim() == 1:
+            next_ids = next_ids[:, None]  # (B, 1)
+        if next_ids.dim() != 2 or next_ids.size(1) != 1:
+            raise ValueError(f"forward_step takes exactly one token per row, (B,) or (B, 1); got {tuple(next_ids.shape)}")
+        if position != cache.length:
+            raise ValueError(f"position={position} but the cache holds {cache.length} slots; "
+                             "the next token must go at position == cache length")
+        if next_ids.size(0) != cache.batch_size:
+            raise ValueError(f"next_ids has batch {next_ids.size(0)} but the cache has batch_size={cache.batch_size}")
+        self._check_ids(next_ids, "next_ids")
+        self._check_context(position + 1)
+        return self._run(next_ids, cache, position, last_only=True)  # (B, V)
+
+    def _run(self, token_ids: torch.Tensor, cache, past: int, last_only: bool) -> torch.Tensor:
+        t, device = token_ids.size(1), token_ids.device
+        pos = cache.position_ids(t, device)  # (T,) or (B, T)
+        mask = cache.attention_mask(t, device)  # None or (B, 1, T, S)
+        x = self.token_embedding(token_ids) + self.position_embedding(pos)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.get(i), past, mask)  # layer i reads and writes only cache i
+        return self._logits(x, last_only)
+
+
+class _NoCache(KVCacheManager):
+    """Stand-in for a full forward: positions and padding like an empty cache, stores nothing."""
+
+    def __init__(self, config: ModelConfig, batch_size: int):
+        self.config, self.batch_size, self.kind, self.pad_lengths = config, batch_size, "none", None
+        self.layer_caches = []
+
+    length = 0
+
+    def get(self, layer_idx):
+        return None
