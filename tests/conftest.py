@@ -1,13 +1,12 @@
-"""Shared test helpers: random GPT-2-shaped models with realistic logit spread, hypothesis profile."""
+"""pytest setup for tests/: the hypothesis profile and a summary of the largest numeric differences seen.
 
-from __future__ import annotations
+Helpers for test modules live in tests/helpers.py (`from helpers import cached_model`): a conftest is
+not importable by name when notebooks/ has one too.
+"""
 
-import functools
-
-import torch
 from hypothesis import HealthCheck, settings
 
-from kvgpt import MiniGPTInferenceModel, ModelConfig
+from helpers import LARGEST_DIFF
 
 settings.register_profile(
     "kvgpt", deadline=None, derandomize=True, max_examples=25,
@@ -16,35 +15,8 @@ settings.register_profile(
 settings.load_profile("kvgpt")
 
 
-LARGEST_DIFF: dict[str, float] = {}
-
-
-def record_diff(name: str, diff: float) -> float:
-    """Remember the largest |difference| a test saw under `name`; printed at the end of the run."""
-    LARGEST_DIFF[name] = max(LARGEST_DIFF.get(name, 0.0), float(diff))
-    return float(diff)
-
-
 def pytest_terminal_summary(terminalreporter):
     if LARGEST_DIFF:
         terminalreporter.section("largest differences seen")
         for name, diff in sorted(LARGEST_DIFF.items()):
             terminalreporter.write_line(f"{name}: {diff:.3g}")
-
-
-def random_model(config: ModelConfig, seed: int = 0, std: float = 0.2, dtype=torch.float32) -> MiniGPTInferenceModel:
-    """A model whose every parameter is N(0, std): std 0.2 gives logits of realistic spread (|logit| ~ 5-10)."""
-    torch.manual_seed(seed)
-    model = MiniGPTInferenceModel(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std)
-    return model.to(dtype).eval()
-
-
-@functools.lru_cache(maxsize=64)
-def cached_model(vocab_size=67, n_layers=2, n_heads=2, d_model=32, block_size=64, attn_impl="sdpa", seed=0):
-    """random_model for a config given as plain values, built once per test session."""
-    cfg = ModelConfig(vocab_size=vocab_size, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
-                      block_size=block_size, attn_impl=attn_impl)
-    return random_model(cfg, seed)
