@@ -16,8 +16,12 @@ generation (05) · sampling (06) · batching (07) · benchmark (08).
 from .attention import CausalSelfAttention
 from .config import ModelConfig
 from .embeddings import PositionalEmbedding, TokenEmbedding
+from .generation import AutoregressiveGenerator, GenerationStats
 from .kv_cache import CachedCausalSelfAttention, DynamicKVCache, KVCache, KVCacheManager, StaticKVCache
 from .model import FeedForward, MiniGPTInferenceModel, TransformerBlock
+from .pretrained import load_pretrained
+from .sampling import Sampler
+from .tokenizer import CharTokenizer
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,5 @@ __all__ = [
     "ModelConfig", "TokenEmbedding", "PositionalEmbedding", "CausalSelfAttention",
     "CachedCausalSelfAttention", "KVCache", "DynamicKVCache", "StaticKVCache", "KVCacheManager",
     "FeedForward", "TransformerBlock", "MiniGPTInferenceModel",
+    "Sampler", "AutoregressiveGenerator", "GenerationStats", "CharTokenizer", "load_pretrained",
 ]

@@ -63,10 +63,44 @@ def pad_prompts(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, to
     """
     rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
     if not rows or any(len(r) == 0 for r in rows):
-        raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got lengths {[len(r) for r in rows]}")
+        lengths = [len(r) for r in rows]
+        raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got lengths {lengths}")
     if any(isinstance(i, bool) or not isinstance(i, Integral) for r in rows for i in r + [pad_id]):
         raise ValueError(f"prompts and pad_id={pad_id!r} must hold int token ids")
     t = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (t - len(r)) + r for r in rows], dtype=torch.long, device=device)  # (B, T)
     mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)  # (B, T)
     return ids, mask
+
+
+def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
+    """One prompt (list of ids or a (T,) tensor) or a batch (a list of them or a (B, T) tensor) -> (rows, batched).
+
+    Raises ValueError for an empty prompt and for ids that are not ints in 0 .. vocab_size - 1.
+
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dim() not in (1, 2) or prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+            raise ValueError(f"prompt must be a (T,) or (B, T) tensor of int ids, got {tuple(prompt.shape)} "
+                             f"{prompt.dtype}")
+        rows, batched = (prompt.tolist(), True) if prompt.dim() == 2 else ([prompt.tolist()], False)
+    elif not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"prompt={prompt!r}: must be a list of token ids, a tensor, or a list of prompts")
+    elif prompt and all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompt):
+        rows, batched = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompt], True
+    else:
+        rows, batched = [list(prompt)], False
+    for b, row in enumerate(rows):
+        name = f"prompt[{b}]" if batched else "prompt"
+        if not isinstance(row, list) or not row:
+            raise ValueError(f"{name}={row!r} is empty or not a list: generation needs at least one token (e.g. BOS)")
+        check_token_ids(name, row, vocab_size)
+    return rows, batched
+
+
+def check_token_ids(name: str, ids: list, vocab_size: int) -> None:
+    """Raise ValueError naming `name` unless every id is an int in 0 .. vocab_size - 1."""
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, Integral) or not 0 <= i < vocab_size:
+            raise ValueError(f"{name} contains {i!r}; allowed token ids are ints in 0..{vocab_size - 1}")

@@ -68,6 +68,8 @@ class DynamicKVCache(KVCache):
         if self._k is not None:
             k_new = torch.cat([self._k, k_new], dim=2)  # (B, H, S - T, D) + (B, H, T, D) -> (B, H, S, D)
             v_new = torch.cat([self._v, v_new], dim=2)
+        else:  # own the first chunk: a view would keep the whole fused q|k|v projection alive (1.5x the bytes)
+            k_new, v_new = k_new.contiguous(), v_new.contiguous()
         self._k, self._v, self.length = k_new, v_new, k_new.size(2)
         return self._k, self._v
 

@@ -4,9 +4,13 @@ Helpers for test modules live in tests/helpers.py (`from helpers import cached_m
 not importable by name when notebooks/ has one too.
 """
 
+import torch
 from hypothesis import HealthCheck, settings
 
 from helpers import LARGEST_DIFF
+
+# Tiny test models gain nothing from threads and lose a lot when the machine is shared
+torch.set_num_threads(1)
 
 settings.register_profile(
     "kvgpt", deadline=None, derandomize=True, max_examples=25,

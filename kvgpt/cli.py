@@ -1,0 +1,146 @@
+"""Command line: `kvgpt generate` streams text from a model; `kvgpt bench` runs the benchmark suite.
+
+    python -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0
+
+The text (prompt, then each new token as soon as it is chosen) goes to stdout; the one-line summary
+(tokens, prefill ms, decode tokens/s; measured after a one-token warm-up forward) goes to stderr, so
+`kvgpt generate ... > out.txt` keeps only the text.
+A bad argument prints one line `kvgpt: error: ...` and exits with code 2.
+Introduced in notebooks/05_decoding.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .pretrained import DEFAULT_MODEL, available_models, load_pretrained
+
+EPILOG = ("The generated text goes to stdout, the summary line to stderr. "
+          f"Models: {', '.join(available_models())} (GPT-2 needs the network the first time), or a directory.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, no usage block: `kvgpt: error: ...`, exit code 2 (argparse's code for bad arguments)."""
+        self.exit(2, f"kvgpt: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands generate and bench)."""
+    parser = _Parser(prog="kvgpt", description="Generate text with a KV-cached GPT-2-style model.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite (arguments go to kvgpt.benchmark.suite)")
+    g = sub.add_parser("generate", help="stream text from a model", epilog=EPILOG)
+    g.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)r)")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: all)")
+    g.add_argument("--top-p", type=float, default=None, help="keep the smallest set with this mass (default: 1)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1)")
+    g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
+    g.add_argument("--cache-kind", choices=("static", "dynamic"), default="static", help="KV cache layout")
+    g.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `kvgpt` and `python -m kvgpt`. Returns 0; bad arguments raise SystemExit(2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0] == "bench":  # everything after "bench" belongs to the suite's own parser
+        return _bench(parser, argv[1:])
+    args = parser.parse_args(argv)
+    return _generate(parser, args)
+
+
+def _bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    try:
+        from .benchmark.suite import main as suite_main
+    except ImportError as e:
+        parser.exit(1, f"kvgpt: error: the benchmark suite kvgpt.benchmark.suite is not available ({e})\n")
+    return suite_main(argv) or 0
+
+
+def _setup(args):
+    """Everything that can fail because of an argument: -> (tokenizer, generator, token stream)."""
+    import torch
+
+    from .generation import AutoregressiveGenerator
+    from .sampling import Sampler
+
+    sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      repetition_penalty=args.repetition_penalty, seed=args.seed)  # checks every knob
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)  # fails now if the device is unavailable
+    except (RuntimeError, AssertionError) as e:  # torch raises AssertionError for "not compiled with CUDA"
+        raise ValueError(f"--device {args.device!r} is not usable: {e}") from None
+    model, tokenizer = load_pretrained(args.model, device=device)
+    prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise ValueError("--prompt is empty: generation needs at least one token")
+    generator = AutoregressiveGenerator(model)
+    stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
+                              cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
+    with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
+        model(torch.tensor([prompt[:1]], device=device))
+    return tokenizer, generator, stream
+
+
+def _generate(parser: argparse.ArgumentParser, args) -> int:
+    try:
+        tokenizer, generator, stream = _setup(args)
+    except (ValueError, OSError, ImportError) as e:  # bad argument, unknown model, missing file or extra
+        parser.error(" ".join(str(e).split()))
+    out = _TextStream(tokenizer)
+    interrupted = False
+    try:
+        sys.stdout.write(args.prompt)
+        for token in stream:
+            sys.stdout.write(out.push(token))
+            sys.stdout.flush()
+        sys.stdout.write(out.finish() + "\n")
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+        stream.close()
+        sys.stdout.write("\n")
+    except BrokenPipeError:  # `kvgpt generate | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    print(summary(generator.last_stats, args, interrupted), file=sys.stderr, flush=True)
+    return 130 if interrupted else 0
+
+
+def summary(stats, args, interrupted: bool = False) -> str:
+    """The closing line: new tokens, prefill time, decode throughput, cache mode."""
+    cache = "no cache" if args.no_cache else f"{args.cache_kind} cache"
+    stop = " (interrupted)" if interrupted else ""
+    return (f"[kvgpt] {stats.n_new_tokens} new tokens after {stats.n_prompt_tokens} prompt tokens{stop} | "
+            f"prefill {stats.prefill_ms:.1f} ms | decode {stats.decode_tokens_per_s:.1f} tokens/s | "
+            f"{cache} | {args.model} on {args.device}")
+
+
+class _TextStream:
+    """Turns ids arriving one at a time into text deltas. A BPE token can end inside a multi-byte
+    character, so the text is re-decoded from the start and a trailing U+FFFD is held back until complete."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.shown = text[self.shown:], len(text)
+        return delta
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        delta, self.shown = text[self.shown:], len(text)
+        return delta

@@ -1,0 +1,173 @@
+"""Tokenizers: text <-> token ids. A character vocabulary for the embedded model, GPT-2's BPE for GPT-2.
+
+Both share one interface: `encode(str) -> list[int]`, `decode(ids) -> str`, `vocab_size`, `eos_token_id`.
+Introduced in notebooks/05_decoding.ipynb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # one BPE shared by all
+# tiktoken fetches these two files on first use and caches them under sha1(url) (tiktoken/load.py)
+_GPT2_BPE_URLS = tuple(f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{f}"
+                       for f in ("vocab.bpe", "encoder.json"))
+GPT2_EXTRA_HINT = "install the optional extra: pip install 'kvgpt[gpt2]'"
+
+
+def _ids_to_list(ids) -> list[int]:
+    """Token ids as a flat list of ints from a list, tuple or tensor of shape (T,) or (1, T)."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() == 2 and ids.size(0) == 1:
+            ids = ids[0]  # (T,): a single row of a batch is unambiguous
+        if ids.dim() > 1:
+            raise ValueError(f"ids must be one sequence (T,) or (1, T), got a tensor of shape {tuple(ids.shape)}")
+        return [int(i) for i in ids.reshape(-1).tolist()]
+    return [int(i) for i in ids]
+
+
+class CharTokenizer:
+    """One token per character: id i is `chars[i]`. The vocabulary is saved with the model as vocab.json.
+
+    Shapes: encode str (T characters) -> T ids; decode (T,) ids -> str.
+    A character outside the vocabulary raises ValueError naming it and its position: the model has
+    no unknown-token id, and dropping or replacing the character would silently change the prompt.
+
+    Introduced in notebooks/05_decoding.ipynb.
+    """
+
+    eos_token_id = None  # a character model has no end-of-text token; generation stops at max_new_tokens
+
+    def __init__(self, chars: Sequence[str]):
+        chars = list(chars)
+        if not chars:
+            raise ValueError("chars=[]: the vocabulary needs at least one character")
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"chars contains {bad[0]!r}: every entry must be a single character")
+        if len(set(chars)) != len(chars):
+            dup = next(c for c in chars if chars.count(c) > 1)
+            raise ValueError(f"chars contains {dup!r} twice: each character needs exactly one id")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The sorted set of characters in `text` (the embedded model's recipe)."""
+        return cls(sorted(set(text)))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> CharTokenizer:
+        """Load vocab.json: a JSON list of characters in id order."""
+        try:
+            chars = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the character vocabulary {path}: {e}") from e
+        if not isinstance(chars, list):
+            raise ValueError(f"{path}: expected a JSON list of characters, got {type(chars).__name__}")
+        return cls(chars)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write vocab.json (ensure_ascii=False keeps it readable)."""
+        Path(path).write_text(json.dumps(self.chars, ensure_ascii=False), encoding="utf-8")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """str -> ids. Raises ValueError for the first character outside the vocabulary."""
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            pos = next(i for i, c in enumerate(text) if c not in self.stoi)
+            raise ValueError(f"character {text[pos]!r} at position {pos} is not in the vocabulary "
+                             f"({self.vocab_size} characters: {''.join(self.chars)!r})") from None
+
+    def decode(self, ids) -> str:
+        """ids (list, or tensor (T,) / (1, T)) -> str. Raises ValueError for an id outside 0..V-1."""
+        ids = _ids_to_list(ids)
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary 0..{self.vocab_size - 1}")
+        return "".join(self.chars[i] for i in ids)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CharTokenizer) and self.chars == other.chars
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+def gpt2_bpe_cached() -> bool:
+    """True if tiktoken's GPT-2 BPE files are already in its local cache (so using them needs no network)."""
+    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    if cache_dir is None:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return all(os.path.exists(os.path.join(cache_dir, hashlib.sha1(u.encode()).hexdigest())) for u in _GPT2_BPE_URLS)
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE (50257 tokens) behind the CharTokenizer interface. Needs `kvgpt[gpt2]`.
+
+    `name_or_dir`: a GPT-2 hub name -> tiktoken's "gpt2" encoding (its two files are downloaded once,
+    on first use, then cached); a local directory with HuggingFace tokenizer files (vocab.json +
+    merges.txt, or tokenizer.json) -> transformers' fast tokenizer, offline.
+    Shapes: encode str -> T ids; decode (T,) ids -> str.
+
+    Introduced in notebooks/05_decoding.ipynb.
+    """
+
+    def __init__(self, name_or_dir: str | os.PathLike = "gpt2"):
+        self.source = str(name_or_dir)
+        if Path(name_or_dir).is_dir():
+            self._tok, self._kind = _hf_tokenizer(Path(name_or_dir)), "transformers"
+            self.vocab_size, self.eos_token_id = len(self._tok), self._tok.eos_token_id
+        elif self.source in GPT2_NAMES:
+            self._tok, self._kind = _tiktoken_gpt2(), "tiktoken"
+            self.vocab_size, self.eos_token_id = self._tok.n_vocab, self._tok.eot_token
+        else:
+            raise ValueError(f"name_or_dir={self.source!r}: expected a directory with tokenizer files "
+                             f"or one of {GPT2_NAMES}")
+
+    def encode(self, text: str) -> list[int]:
+        """str -> ids. "<|endoftext|>" in the text becomes the end-of-text token, as in transformers."""
+        if self._kind == "tiktoken":
+            return self._tok.encode(text, allowed_special="all")
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        """ids -> str. A token that ends inside a multi-byte character decodes to U+FFFD on its own."""
+        return self._tok.decode(_ids_to_list(ids))
+
+    def __repr__(self) -> str:
+        return f"GPT2Tokenizer({self.source!r}, backend={self._kind}, vocab_size={self.vocab_size})"
+
+
+def _tiktoken_gpt2():
+    try:
+        import tiktoken
+    except ImportError as e:
+        raise ImportError(f"GPT2Tokenizer needs tiktoken: {GPT2_EXTRA_HINT}") from e
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network or cache failure: say what was being fetched
+        raise OSError(f"could not load GPT-2's BPE files with tiktoken (downloaded on first use, "
+                      f"then cached; are you offline?): {e}") from e
+
+
+def _hf_tokenizer(directory: Path):
+    try:
+        from transformers import GPT2TokenizerFast
+    except ImportError as e:
+        raise ImportError(f"GPT2Tokenizer(directory) needs transformers: {GPT2_EXTRA_HINT}") from e
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "merges.txt")):
+        raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+    return GPT2TokenizerFast.from_pretrained(str(directory), local_files_only=True)
