@@ -50,8 +50,8 @@ Rerun from scratch::
 
 (run from the repository root with kvgpt importable, e.g. ``PYTHONPATH=.``).
 
-Measured wall time (reference run, 2 CPU cores, torch 2.13.0 CPU): TBD -- fill in from
-``training.wall_time_s`` in config.json.
+Measured wall time (the shipped run, 2 CPU cores, torch 2.13.0 CPU, 4000 iterations at ~0.40 s each):
+28.7 min; held-out loss 1.5015 nats/char over the whole val.txt, train 1.2723 (config.json).
 """
 
 from __future__ import annotations
@@ -216,6 +216,7 @@ def export(model, cfg: ModelConfig, vocab: list[str], export_dir: Path, meta: di
     export_dir.mkdir(parents=True, exist_ok=True)
     tmp = export_dir / "model.safetensors.tmp"
     save_file(export_state_dict(model), str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates the file 0600; the packaged artefact must be world-readable
     os.replace(tmp, export_dir / "model.safetensors")
     config = {**cfg.to_dict(), "val_loss": round(val_loss, 5), "train_loss": round(train_loss, 5),
               "training": meta}
