@@ -2,7 +2,7 @@
 
 `load_hf` reads a local directory (offline) or downloads a hub name ("gpt2") when online;
 `to_hf` builds a transformers GPT2LMHeadModel holding exactly kvgpt's weights (for comparisons).
-Introduced in notebooks/08_benchmark.ipynb.
+Introduced in notebooks/08_benchmarks.ipynb.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def load_hf(name_or_dir: str | os.PathLike, dtype=None, device=None) -> MiniGPTI
     `name_or_dir`: a directory with config.json and model.safetensors (or pytorch_model.bin), or a
     hub name such as "gpt2" (downloaded when online). Errors name the file and the key.
 
-    Introduced in notebooks/08_benchmark.ipynb.
+    Introduced in notebooks/08_benchmarks.ipynb.
     """
     directory = resolve_dir(name_or_dir)
     config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"))
@@ -175,7 +175,7 @@ def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):
     attn_implementation defaults to the counterpart of model.config.attn_impl: "sdpa" -> "sdpa"
     (transformers' default), "manual" -> "eager", so both sides use the same kind of attention kernel.
 
-    Introduced in notebooks/08_benchmark.ipynb.
+    Introduced in notebooks/08_benchmarks.ipynb.
     """
     try:
         from transformers import GPT2Config, GPT2LMHeadModel

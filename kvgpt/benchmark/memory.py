@@ -1,0 +1,109 @@
+"""Memory: KV-cache bytes measured against the formula, process peak RSS, and the bandwidth floor of decoding.
+
+The KV cache of L layers holds keys and values for B rows, H heads, T positions of D dims:
+2 * L * B * H * T * D * bytes per element. At batch 1 a decode step must read every weight and
+the whole cache once, so (those bytes) / (memory bandwidth) is a floor no engine can beat.
+Introduced in notebooks/08_benchmarks.ipynb.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import pandas as pd
+import torch
+
+from ..kv_cache import KVCacheManager
+from .engines import random_prompts
+
+
+def kv_formula_bytes(config, batch_size: int, positions: int, dtype: torch.dtype = torch.float32) -> int:
+    """2 * L * B * H * T * D * element size: keys and values of every layer, head and position."""
+    element = torch.empty(0, dtype=dtype).element_size()
+    return 2 * config.n_layers * batch_size * config.n_heads * positions * config.head_dim * element
+
+
+def measured_kv_bytes(cache: KVCacheManager) -> int:
+    """Bytes of the storages behind every layer's keys and values, each storage counted once.
+
+    Measured from the tensors' actual storages (a static cache's views reach the whole buffer),
+    not computed from shapes, so it can disagree with the formula if the cache over-allocates.
+    """
+    storages = {}
+    for layer in cache.layer_caches:
+        for tensor in (layer.keys, layer.values):
+            if tensor is not None:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def kv_memory_profile(model, kind: str, batch_size: int = 1, prompt_len: int = 8, new_tokens: int = 32,
+                      seed: int = 0) -> pd.DataFrame:
+    """Measured vs formula KV bytes after the prefill and after every decode step, and how often layer 0's
+    key buffer was (re)allocated so far. Formula T = capacity for a static cache, filled slots for a dynamic one.
+
+    -> rows (kind, slots, measured_bytes, formula_bytes, allocations).
+
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    cfg = model.config
+    ids = random_prompts(cfg.vocab_size, batch_size, prompt_len + new_tokens, seed)  # (B, T + N)
+    cache = KVCacheManager(cfg, batch_size, kind, capacity=prompt_len + new_tokens)
+    rows, last_ptr, allocations = [], None, 0
+    with torch.inference_mode():
+        for slot in range(prompt_len - 1, prompt_len + new_tokens):
+            if slot == prompt_len - 1:
+                model.prefill(ids[:, :prompt_len], cache, last_only=True)
+            else:
+                model.forward_step(ids[:, slot], slot, cache)
+            ptr = cache.get(0).keys.untyped_storage().data_ptr()
+            allocations, last_ptr = allocations + (ptr != last_ptr), ptr
+            t = cache.capacity if kind == "static" else cache.length
+            rows.append({"kind": kind, "slots": cache.length, "measured_bytes": measured_kv_bytes(cache),
+                         "formula_bytes": kv_formula_bytes(cfg, batch_size, t, next(model.parameters()).dtype),
+                         "allocations": allocations})
+    return pd.DataFrame(rows).assign(batch_size=batch_size)
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's parameters, a tied tensor (embedding = LM head) counted once."""
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def measure_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s: copy a tensor far larger than the caches; (bytes read + written) / median time."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in before timing
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(times)
+
+
+def decode_floor_ms(model, position: float, bandwidth: float, batch_size: int = 1) -> float:
+    """The physical floor of one decode step: (all weights + the KV cache at `position`) / bandwidth, in ms."""
+    dtype = next(model.parameters()).dtype
+    kv = kv_formula_bytes(model.config, batch_size, 1, dtype) * position
+    return (weight_bytes(model) + kv) / bandwidth * 1e3
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process so far (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def cuda_peak_bytes() -> int | None:
+    """torch.cuda.max_memory_allocated() on a CUDA machine, else None."""
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None

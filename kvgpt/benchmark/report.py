@@ -1,0 +1,121 @@
+"""The suite's report: targets as measured ratios, run metadata, and the files written to figures/.
+
+Introduced in notebooks/08_benchmarks.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .memory import cuda_peak_bytes, peak_rss_bytes
+
+ENGINE = "kvgpt static"  # kvgpt's serving path: the one the targets are about
+PEER = "hf dynamic"  # transformers' default generate (use_cache=True)
+
+
+def targets(results: dict) -> pd.DataFrame:
+    """Each target of the suite as (target, condition, measured, required, met); rows only for models that ran.
+
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    rows = []
+
+    def add(target, condition, measured, required, op):
+        met = bool(measured <= required) if op == "<=" else bool(measured >= required)
+        rows.append({"target": target, "condition": condition, "measured": float(measured),
+                     "required": f"{op} {required}", "met": met})
+
+    dec = results["decode"]
+    for name, required in (("gpt2-small", 1.4), ("shakespeare-char", 4.0)):
+        d = dec[dec.model == name].set_index("engine")
+        if len(d):
+            cond = f"{name}, B=1, N={d.new_tokens.iloc[0]}, prompt {d.prompt_len.iloc[0]}"
+            add(f"{name}: decode tokens/s, kvgpt static / hf dynamic", cond,
+                d.decode_tokens_per_s[ENGINE] / d.decode_tokens_per_s[PEER], required, ">=")
+            add(f"{name}: decode tokens/s, kvgpt static / hf static", cond,
+                d.decode_tokens_per_s[ENGINE] / d.decode_tokens_per_s["hf static"], required, ">=")
+            if name == "gpt2-small":
+                add("gpt2-small: decode ms/token / bandwidth floor", cond, d.x_floor[ENGINE], 1.25, "<=")
+    steps = results["steps"][results["steps"].model == "gpt2-small"]
+    if len(steps):
+        p = steps.position.max()
+        s = steps[steps.position == p].set_index("engine").ms
+        add("gpt2-small: one step, no cache / static cache", f"sequence of {p} tokens, B=1",
+            s["kvgpt no cache"] / s[ENGINE], 50, ">=")
+    batch = results["batch"][(results["batch"].model == "gpt2-small") & (results["batch"].engine == ENGINE)]
+    if len(batch):
+        big = batch.batch_size.max()
+        add(f"gpt2-small: decode tokens/s, batch {big} / batch 1", f"N={batch.new_tokens.iloc[0]}",
+            batch.set_index("batch_size").speedup_vs_batch_size1[big], 8, ">=")
+    pre = results["prefill"][results["prefill"].model == "gpt2-small"].set_index("engine")
+    if len(pre):
+        ours, cond = pre.ms["kvgpt prefill (last position)"], f"{pre.prompt_len.iloc[0]} tokens, B=1"
+        for peer in ("hf forward (all positions)", "hf forward (logits_to_keep=1, as generate)"):
+            add(f"gpt2-small: prefill speed, kvgpt / {peer}", cond, pre.ms[peer] / ours, 1.4, ">=")
+    mem = results["memory"]
+    static = mem[mem.kind == "static"]
+    add("static cache: allocations of each buffer", "whole generation", static.groupby("model").allocations.max().max(),
+        1, "<=")
+    add("KV bytes: measured == 2*L*B*H*T*D*bytes", "every step, static and dynamic",
+        float((mem.measured_bytes == mem.formula_bytes).all()), 1, ">=")
+    return pd.DataFrame(rows)
+
+
+def metadata(quick: bool, bandwidth: float, weights: dict, wall_s: float) -> pd.DataFrame:
+    """Machine, threads, versions and run facts as a (key, value) table (written as JSON too)."""
+    def version(name):
+        try:
+            return importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            return None
+
+    info = {"mode": "quick" if quick else "full", "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(wall_s, 1), "platform": platform.platform(), "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "memory_bandwidth_GBps": round(bandwidth / 1e9, 2), "peak_rss_MB": _mb(peak_rss_bytes()),
+            "cuda_peak_MB": _mb(cuda_peak_bytes()), "python": sys.version.split()[0], "dtype": "float32"}
+    info.update({f"{k}_version": version(k) for k in ("torch", "transformers", "kvgpt", "numpy", "pandas")})
+    info.update({f"weights[{k}]": v for k, v in weights.items()})
+    return pd.DataFrame({"key": list(info), "value": [str(v) for v in info.values()]})
+
+
+def write_results(results: dict, out: Path, prefix: str = "bench_") -> list[Path]:
+    """Every table as <prefix><name>.csv, the metadata as <prefix>meta.json, the figures as PNG."""
+    from .plots import save_figures
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, df in results.items():
+        if key == "meta":
+            path = out / f"{prefix}meta.json"
+            path.write_text(json.dumps(dict(zip(df.key, df.value)), indent=2) + "\n", encoding="utf-8")
+        else:
+            path = out / f"{prefix}{key}.csv"
+            df.to_csv(path, index=False, float_format="%.6g")
+        paths.append(path)
+    return paths + save_figures(results, out, prefix)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mb(n):
+    return None if n is None else round(n / 2**20, 1)

@@ -1,0 +1,209 @@
+"""Structural checks over every chapter notebook (notebooks/NN_*.ipynb): header, template, stored outputs,
+one source of truth, and the package's "Introduced in notebooks/..." back-references.
+
+Only JSON and Python source are parsed (no kernel, no torch import), so this file runs in about a second;
+nbval (`make test`) re-executes the notebooks and compares their outputs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "kvgpt"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+BACKREF = re.compile(r"Introduced\s+in\s+(notebooks/\d\d_\w+\.ipynb)")
+MAGIC_LINE = re.compile(r"^(\s*)[%!].*$", re.MULTILINE)  # IPython magics / shell lines are not Python
+
+
+def _load_header_tags() -> tuple[str, str]:
+    """The tags scripts/set_repo_url.py writes into the two header cells (one source for both)."""
+    spec = importlib.util.spec_from_file_location("set_repo_url", ROOT / "scripts" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BADGE_TAG, module.INSTALL_TAG
+
+
+BADGE_TAG, INSTALL_TAG = _load_header_tags()
+
+
+def _package_sources() -> dict[str, ast.Module]:
+    return {p.relative_to(ROOT).as_posix(): ast.parse(p.read_text(encoding="utf-8"))
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+SOURCES = _package_sources()
+
+
+def _all_names() -> set[str]:
+    """kvgpt.__all__, read from kvgpt/__init__.py without importing the package."""
+    for node in SOURCES["kvgpt/__init__.py"].body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("kvgpt/__init__.py defines no __all__ list")
+
+
+def _public_defs() -> dict[str, str]:
+    """Every public top-level function and class of every kvgpt module -> the module that defines it."""
+    found = {}
+    for path, tree in SOURCES.items():
+        for node in tree.body:
+            is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if is_def and not node.name.startswith("_"):
+                found.setdefault(node.name, path)
+    return found
+
+
+PROTECTED = {**{name: "kvgpt.__all__" for name in _all_names()}, **_public_defs()}
+
+
+def _docstrings(tree: ast.Module):
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    for node in nodes:
+        doc = ast.get_docstring(node, clean=False)
+        if doc:
+            yield getattr(node, "name", "<module>"), doc
+
+
+def _backrefs() -> dict[str, list[str]]:
+    """notebooks/NN_name.ipynb -> the package objects whose docstring says they are introduced there."""
+    refs: dict[str, list[str]] = {}
+    for path, tree in SOURCES.items():
+        for name, doc in _docstrings(tree):
+            for ref in BACKREF.findall(doc):
+                refs.setdefault(ref, []).append(f"{path}:{name}")
+    return refs
+
+
+BACKREFS = _backrefs()
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _code_cells(nb: dict) -> list[tuple[int, dict]]:
+    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+
+
+def _parse_cell(i: int, cell: dict) -> ast.Module:
+    source = MAGIC_LINE.sub(r"\1pass", _source(cell))
+    try:
+        return ast.parse(source)
+    except SyntaxError as e:
+        pytest.fail(f"cell {i} is not valid Python: {e}")
+
+
+def _assigned_names(target: ast.expr):
+    if isinstance(target, ast.Name):
+        yield target.id
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _assigned_names(element)
+    elif isinstance(target, ast.Starred):
+        yield from _assigned_names(target.value)
+
+
+def _top_level_definitions(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node.name
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                yield from _assigned_names(target)
+        elif isinstance(node, ast.AnnAssign):
+            yield from _assigned_names(node.target)
+
+
+notebook_params = pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+
+
+@notebook_params
+def test_kernelspec_is_python3_and_no_widget_state(path):
+    meta = _read(path)["metadata"]
+    assert meta.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec {meta.get('kernelspec')}"
+    assert "widgets" not in meta, f"{path.name}: metadata.widgets breaks GitHub's renderer; re-run execute_notebooks.py"
+
+
+@notebook_params
+def test_outputs_stored_from_one_top_to_bottom_run(path):
+    cells = _code_cells(_read(path))
+    counts = [c.get("execution_count") for _, c in cells]
+    unrun = [i for (i, _), n in zip(cells, counts) if n is None]
+    assert not unrun, f"{path.name}: cells {unrun} have no execution_count (nbval cannot check them)"
+    assert counts == sorted(counts) and len(set(counts)) == len(counts), (
+        f"{path.name}: execution counts {counts} are not one top-to-bottom run; use scripts/execute_notebooks.py")
+    assert any(c["outputs"] for _, c in cells), f"{path.name}: no stored outputs at all"
+
+
+@notebook_params
+def test_no_stored_errors(path):
+    for i, cell in _code_cells(_read(path)):
+        errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
+        if errors and "NBVAL_RAISES_EXCEPTION" not in _source(cell):
+            pytest.fail(f"{path.name} cell {i} stored an error: {errors[0]['ename']}: {errors[0]['evalue']}")
+
+
+@notebook_params
+def test_colab_header_cells(path):
+    cells = _read(path)["cells"]
+    badge, install = cells[0], cells[1]
+    assert badge["cell_type"] == "markdown" and BADGE_TAG in _source(badge), f"{path.name}: cell 0 is not the badge"
+    assert install["cell_type"] == "code" and INSTALL_TAG in _source(install), f"{path.name}: cell 1 is not the install"
+    extra = [i for i, c in enumerate(cells[2:], 2) if BADGE_TAG in _source(c) or INSTALL_TAG in _source(c)]
+    assert not extra, f"{path.name}: header tags repeated in cells {extra}; run scripts/set_repo_url.py"
+
+
+@notebook_params
+def test_chapter_template_headings(path):
+    cells = _read(path)["cells"]
+    markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
+    headings = {line.strip() for line in markdown.splitlines() if line.startswith("#")}
+    number = path.name[:2]
+    assert _source(cells[2]).startswith(f"# {number} · "), f"{path.name}: cell 2 should open with '# {number} · Title'"
+    for heading in ("## Summary", "## Exercises"):
+        assert heading in headings, f"{path.name}: missing the heading {heading!r}"
+
+
+@notebook_params
+def test_imports_kvgpt(path):
+    nb = _read(path)
+    for i, cell in _code_cells(nb):
+        for node in ast.walk(_parse_cell(i, cell)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kvgpt":
+                return
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "kvgpt" for a in node.names):
+                return
+    pytest.fail(f"{path.name}: no code cell imports from kvgpt")
+
+
+@notebook_params
+def test_no_package_code_redefined(path):
+    clashes = []
+    for i, cell in _code_cells(_read(path)):
+        for name in _top_level_definitions(_parse_cell(i, cell)):
+            if name in PROTECTED:
+                clashes.append(f"cell {i} defines {name!r} (from {PROTECTED[name]})")
+    assert not clashes, (f"{path.name}: a chapter must show package code with show_source, never define a second "
+                         "copy or shadow it: " + "; ".join(clashes))
+
+
+def test_backreferences_were_found():
+    assert BACKREFS, "no 'Introduced in notebooks/NN_name.ipynb' line in any kvgpt docstring"
+
+
+@pytest.mark.parametrize("ref", sorted(BACKREFS), ids=lambda r: r.split("/")[-1])
+def test_backreference_points_at_an_existing_notebook(ref):
+    users = BACKREFS[ref]
+    shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+    assert (ROOT / ref).is_file(), f"{ref} does not exist but is named by {shown}"
