@@ -5,9 +5,8 @@ not importable by name when notebooks/ has one too.
 """
 
 import torch
-from hypothesis import HealthCheck, settings
-
 from helpers import LARGEST_DIFF
+from hypothesis import HealthCheck, settings
 
 # Tiny test models gain nothing from threads and lose a lot when the machine is shared
 torch.set_num_threads(1)

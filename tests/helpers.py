@@ -33,3 +33,10 @@ def cached_model(vocab_size=67, n_layers=2, n_heads=2, d_model=32, block_size=64
     cfg = ModelConfig(vocab_size=vocab_size, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
                       block_size=block_size, attn_impl=attn_impl)
     return random_model(cfg, seed)
+
+
+def gen(**config):
+    """An AutoregressiveGenerator over cached_model(**config)."""
+    from kvgpt import AutoregressiveGenerator
+
+    return AutoregressiveGenerator(cached_model(**config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
+from helpers import cached_model, gen, record_diff
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,19 +14,6 @@ from kvgpt.sampling import Sampler
 
 V = 67  # cached_model's default vocab
 prompts_st = st.lists(st.lists(st.integers(0, V - 1), min_size=1, max_size=16), min_size=1, max_size=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a thread pool, and on a busy machine its spinning costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gen(**config) -> AutoregressiveGenerator:
-    return AutoregressiveGenerator(cached_model(**config))
 
 
 def test_pad_prompts_left_pads_and_masks():

@@ -6,26 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
+from helpers import gen, record_diff
 
 from kvgpt import generation
-from kvgpt.generation import AutoregressiveGenerator, GenerationStats
+from kvgpt.generation import GenerationStats
 from kvgpt.sampling import Sampler, apply_repetition_penalty
 
 KINDS = ["static", "dynamic"]
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a thread pool, and on a busy machine its spinning costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gen(**config) -> AutoregressiveGenerator:
-    return AutoregressiveGenerator(cached_model(**config))
-
 
 def reference_greedy(model, prompt, n, penalty=1.0):
     """The textbook loop, independent of the generator: full forward, (penalised) argmax, append."""

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import cached_model
 
 from kvgpt import DynamicKVCache, KVCacheManager, ModelConfig, StaticKVCache
-
-from helpers import cached_model
 
 CFG = ModelConfig(vocab_size=50, n_layers=3, n_heads=2, d_model=16, block_size=32)
 

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from helpers import cached_model, record_diff
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kvgpt import KVCacheManager, MiniGPTInferenceModel, ModelConfig
 from kvgpt.kv_cache import CachedCausalSelfAttention
-
-from helpers import cached_model, record_diff
 
 TOL = 1e-5  # fp32, weights with std 0.2 (|logits| up to ~10)
 

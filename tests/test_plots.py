@@ -4,14 +4,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import pandas as pd
+import pytest
+import torch
+from helpers import cached_model
+from matplotlib.figure import Figure
 
-from kvgpt import CharTokenizer, KVCacheManager, plots  # noqa: E402
-
-from helpers import cached_model  # noqa: E402
+from kvgpt import CharTokenizer, KVCacheManager, plots
 
 
 @pytest.fixture(autouse=True)

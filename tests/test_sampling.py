@@ -31,15 +31,6 @@ PROCESSORS = [
     lambda x: apply_top_p(x, 0.6),
 ]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a thread pool, and on a busy machine its spinning costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kept(x: torch.Tensor) -> list[int]:
     """Indices of the entries a filter left finite (1-D)."""
     return torch.isfinite(x).nonzero().flatten().tolist()
