@@ -20,8 +20,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 	$(PY) -c "import matplotlib.pyplot"  # build the font cache now, not inside a checked notebook cell
 	touch $@
 
+# JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it is fine
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks/01_config.ipynb
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks/01_config.ipynb
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(NBVAL) tests notebooks
