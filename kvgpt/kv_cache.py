@@ -151,6 +151,7 @@ class KVCacheManager:
             for _ in range(config.n_layers)
         ]
         self.pad_lengths: torch.Tensor | None = None
+        self._slots: torch.Tensor | None = None  # 0 .. block_size - 1, made on first use
 
     def get(self, layer_idx: int) -> KVCache:
         """The cache of layer `layer_idx`; each layer must use only its own."""
@@ -178,8 +179,10 @@ class KVCacheManager:
 
     def position_ids(self, t: int, device=None) -> torch.Tensor:
         """Positions of the next t slots: (T,) without padding, (B, T) with it."""
-        if self.pad_lengths is None:
-            return torch.arange(self.length, self.length + t, device=device)  # (T,)
+        if self.pad_lengths is None:  # a view into one arange made once: this runs at every decode step
+            if self._slots is None:  # up to block_size, not capacity: an overflow must reach the cache's error
+                self._slots = torch.arange(self.config.block_size, device=device)
+            return self._slots[self.length : self.length + t]  # (T,)
         return padded_position_ids(self.pad_lengths, self.length, t)  # (B, T)
 
     def attention_mask(self, t: int, device=None) -> torch.Tensor | None:
@@ -210,6 +213,7 @@ class CachedCausalSelfAttention(CausalSelfAttention):
         t = x.size(1)
         q, k, v = self.split_heads(x)  # (B, H, T, D)
         k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
+        causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
         if mask is None and t > 1:
             mask = self.causal_mask[position : position + t, : position + t]  # (T, S)
-        return self.merge_heads(attend(q, k_all, v_all, mask, self.impl))  # (B, T, C)
+        return self.merge_heads(attend(q, k_all, v_all, mask, self.impl, causal))  # (B, T, C)

@@ -32,6 +32,7 @@ from kvgpt.benchmark import (
     suite,
     weight_bytes,
 )
+from kvgpt.benchmark.bounds import matmul_time_ms, ops_per_step
 from kvgpt.benchmark.peers import hf_engines, hf_model
 from kvgpt.generation import AutoregressiveGenerator
 
@@ -172,6 +173,23 @@ def test_weight_bytes_count_the_tied_head_once_and_floor_adds_kv(model):
     assert math.isfinite(measure_bandwidth(2**20, repeats=2)) and measure_bandwidth(2**20, repeats=2) > 0
 
 
+def test_matmul_time_counts_every_matrix_once_per_row(model):
+    ms, gflops = matmul_time_ms(model, rows=3, head_rows=1, repeats=1)
+    c, v, layers = model.config.d_model, model.config.vocab_size, model.config.n_layers
+    flops = 2 * 3 * layers * (3 * c * c + c * c + 8 * c * c) + 2 * 1 * c * v  # qkv, out, fc, proj; head once
+    assert ms > 0 and gflops == pytest.approx(flops / (ms / 1e3) / 1e9)
+
+
+def test_kvgpt_decode_step_launches_fewer_ops_than_transformers(model, engines):
+    ours = ops_per_step(engines["kvgpt static"], model.config.vocab_size, prompt_len=4, short=3, long=7)
+    peer = ops_per_step(engines["hf dynamic"], model.config.vocab_size, prompt_len=4, short=3, long=7)
+    assert ours == int(ours) and peer == int(peer)  # the same ops every step: a whole number
+    # the lean step: ~21 ATen ops per layer (layer norms, 4 matmuls, head split, cache writes, attention,
+    # GELU, residual adds) plus ~16 around them; more means glue crept into the hot path
+    assert ours <= 22 * model.config.n_layers + 16, ours
+    assert ours < peer
+
+
 @pytest.fixture(scope="module")
 def tiny_results(model):
     return suite.run_suite(models={"shakespeare-char": model}, plan=TINY_PLAN, threads=1)
@@ -179,11 +197,18 @@ def tiny_results(model):
 
 def test_run_suite_returns_every_table_and_targets(tiny_results):
     r = tiny_results
-    assert set(r) == {"decode", "new_tokens", "batch", "steps", "prefill", "memory", "targets", "meta"}
+    assert set(r) == {"decode", "new_tokens", "batch", "steps", "prefill", "memory", "limits", "targets", "meta"}
     assert len(r["decode"]) == 6 and (r["decode"].new_tokens == 4).all()  # the longest N all six engines ran
     assert {"floor_ms", "x_floor", "speedup_vs_hf_dynamic"} <= set(r["decode"].columns)
-    assert list(r["targets"].columns) == ["target", "condition", "measured", "required", "met"]
+    assert list(r["targets"].columns) == ["target", "condition", "measured", "required", "met", "best_possible",
+                                          "bounded_by"]
     assert r["targets"].met.dtype == bool and len(r["targets"]) == 4
+    assert r["targets"].bounded_by.iloc[0].startswith("op dispatch: ")  # the char model's bound names its ops
+    limits = r["limits"].set_index("quantity").value
+    assert set(r["limits"].columns) == {"model", "quantity", "value", "unit"}
+    assert {"bandwidth floor ms, decode at position 16", "matmul ms, decode B=2", "matmul GFLOP/s, prefill 8",
+            "ops per decode step, kvgpt static", "ops per decode step, hf dynamic"} <= set(limits.index)
+    assert (limits > 0).all() and limits.map(math.isfinite).all()
     meta = dict(zip(r["meta"].key, r["meta"].value))
     assert meta["torch_threads"] == "1" and meta["weights[shakespeare-char]"] == "given"
 

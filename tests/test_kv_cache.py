@@ -42,6 +42,18 @@ def test_static_overflow_names_capacity_and_position():
     assert cache.length == 3  # the failed write changed nothing
 
 
+@torch.no_grad()
+def test_model_steps_past_a_small_static_capacity_raise_the_overflow():
+    model = cached_model(vocab_size=50, n_layers=3, n_heads=2, d_model=16, block_size=32)
+    cache = KVCacheManager(model.config, 1, "static", capacity=5)  # smaller than block_size
+    model.prefill(torch.arange(4)[None], cache)
+    model.forward_step(torch.tensor([1]), 4, cache)
+    with pytest.raises(ValueError, match=r"KV cache overflow: writing positions 5\.\.5 but capacity=5"):
+        model.forward_step(torch.tensor([1]), 5, cache)  # positions must not run out before the cache does
+    with pytest.raises(ValueError, match="overflow"):
+        model.prefill(torch.arange(3)[None], KVCacheManager(model.config, 1, "static", capacity=2))
+
+
 def test_static_rejects_wrong_shape_and_dtype():
     cache = StaticKVCache(1, 2, 8, capacity=4, dtype=torch.float32)
     with pytest.raises(ValueError, match="does not fit"):

@@ -227,6 +227,28 @@ def test_weights_are_tied_and_gpt2_shaped():
     assert model.blocks[0].ffn.fc.out_features == 4 * model.config.d_model
 
 
+def _stored_transposed(w):
+    return w.dim() == 2 and w.stride() == (1, w.size(0))  # shape (out, in), memory (in, out)
+
+
+def test_weight_matrices_are_stored_transposed_and_stay_so(tmp_path):
+    from kvgpt.pretrained import load_pretrained, save_pretrained
+    from kvgpt.tokenizer import CharTokenizer
+
+    model = MiniGPTInferenceModel(ModelConfig(vocab_size=11, n_layers=2, n_heads=2, d_model=8, block_size=16))
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(matrices) == 4 * 2 + 1 and all(_stored_transposed(w) for w in matrices)
+    assert model.lm_head.weight is model.token_embedding.embedding.weight  # still tied after the re-layout
+    assert model.position_embedding.pos_embedding.weight.is_contiguous()  # rows are looked up: keep them rows
+    for moved in (model.double(), model.float()):  # .to() keeps the strides
+        assert _stored_transposed(moved.blocks[0].attn.qkv_proj.weight)
+    save_pretrained(model, CharTokenizer("abcdefghijk"), tmp_path / "m")
+    loaded, _ = load_pretrained(tmp_path / "m")
+    assert _stored_transposed(loaded.blocks[1].ffn.proj.weight) and _stored_transposed(loaded.lm_head.weight)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-2), (torch.bfloat16, 2e-1)])
 @torch.no_grad()
 def test_low_precision_follows_the_model(dtype, tol):

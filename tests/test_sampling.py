@@ -293,6 +293,12 @@ def test_bad_logits_raise_clearly(what, call):
         CALLS[call](BAD_LOGITS[what])
 
 
+def test_greedy_accepts_huge_finite_logits_whose_sum_overflows():
+    x = torch.full((3, 5), -1.0)
+    x[:, 2] = 3e38  # finite, but three of them sum to +inf: the one-sync fast path must not reject them
+    assert greedy(x).tolist() == [2, 2, 2]
+
+
 def test_masked_minus_inf_is_fine():
     x = torch.tensor([[float("-inf"), 1.0, 2.0, float("-inf")]])
     s = Sampler(temperature=0.9, top_k=3, top_p=0.9, seed=0)

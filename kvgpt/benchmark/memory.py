@@ -2,13 +2,12 @@
 
 The KV cache of L layers holds keys and values for B rows, H heads, T positions of D dims:
 2 * L * B * H * T * D * bytes per element. At batch 1 a decode step must read every weight and
-the whole cache once, so (those bytes) / (memory bandwidth) is a floor no engine can beat.
+the whole cache once, so (those bytes) / (read bandwidth for that many bytes) is a floor no engine beats.
 Introduced in notebooks/08_benchmarks.ipynb.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
@@ -75,16 +74,26 @@ def weight_bytes(model) -> int:
 
 
 def measure_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
-    """Memory bandwidth in bytes/s: copy a tensor far larger than the caches; (bytes read + written) / median time."""
-    src = torch.ones(nbytes // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in before timing
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - start)
-    return 2 * src.nbytes / statistics.median(times)
+    """Read bandwidth in bytes/s for a working set of `nbytes`: bytes / fastest read of one tensor that big.
+
+    A decode step reads weights and cache and writes almost nothing, so reading is what the floor needs
+    (a copy also writes, and writes cost more than reads: it understates the read rate). Three ways to read
+    every byte once (a sum, and a vector times the tensor viewed as a matrix either way round, the kernels
+    a decode step uses); the fastest wins, since a floor is the best the machine does and noise only slows.
+    Give nbytes = what a step reads, and the repeats see the caches a decode loop sees (a 3 MB model stays
+    in them; far beyond them it is main memory).
+    """
+    width = 1024
+    data = torch.ones(max(nbytes // 4 // width, 1) * width)  # written once here: every page resident
+    rows, cols, vec = data.view(-1, width), data.view(width, -1), torch.ones(width)
+    best = float("inf")
+    with torch.inference_mode():
+        for read in (data.sum, lambda: torch.mv(rows, vec), lambda: vec @ cols):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                read()
+                best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
 
 
 def decode_floor_ms(model, position: float, bandwidth: float, batch_size: int = 1) -> float:

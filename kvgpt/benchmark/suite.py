@@ -20,9 +20,10 @@ import torch
 
 from ..config import ModelConfig
 from ..model import MiniGPTInferenceModel
+from .bounds import model_limits
 from .engines import kvgpt_engines
 from .latency import prefill_latency, step_latency
-from .memory import decode_floor_ms, kv_memory_profile, measure_bandwidth, weight_bytes
+from .memory import decode_floor_ms, kv_formula_bytes, kv_memory_profile, measure_bandwidth, weight_bytes
 from .peers import hf_engines, hf_model
 from .report import metadata, targets, write_results
 from .throughput import ThroughputBenchmark, new_tokens_sweep
@@ -65,7 +66,8 @@ def build_model(name: str, seed: int = 0) -> tuple[MiniGPTInferenceModel, str]:
 
 def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), threads: int | None = None,
               progress=None, plan: dict | None = None) -> dict[str, pd.DataFrame]:
-    """Run every benchmark -> {"decode", "new_tokens", "batch", "steps", "prefill", "memory", "targets", "meta"}.
+    """Run every benchmark -> {"decode", "new_tokens", "batch", "steps", "prefill", "memory", "limits", "targets",
+    "meta"}.
 
     models: shape names, or a dict {name: model} to benchmark your own (then give a `plan` with an
     entry per name, shaped like PLANS["quick"]). threads: torch.set_num_threads for the run (default:
@@ -79,12 +81,13 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
     say = (lambda text: progress(f"[bench {time.perf_counter() - started:6.1f}s] {text}")) if progress else None
     try:
         say and say("measuring memory bandwidth")
-        bandwidth = measure_bandwidth(plan["bandwidth_bytes"])
-        parts: dict[str, list] = {k: [] for k in ("decode", "new_tokens", "batch", "steps", "prefill", "memory")}
+        bandwidth = measure_bandwidth(plan["bandwidth_bytes"])  # main memory: a tensor beyond every cache
+        parts: dict[str, list] = {k: [] for k in ("decode", "new_tokens", "batch", "steps", "prefill", "memory",
+                                                  "limits")}
         notes = {}
         for name in models:
             model, notes[name] = (models[name], "given") if isinstance(models, dict) else build_model(name)
-            for key, df in _run_model(name, model, plan, bandwidth, say).items():
+            for key, df in _run_model(name, model, plan, say).items():
                 parts[key].append(df.assign(model=name))
             del model
         results = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
@@ -95,8 +98,12 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
         torch.set_num_threads(old_threads)
 
 
-def _run_model(name: str, model, plan: dict, bandwidth: float, say) -> dict[str, pd.DataFrame]:
+def _run_model(name: str, model, plan: dict, say) -> dict[str, pd.DataFrame]:
     mp, reps, t = plan[name], plan["repeats"], plan["prompt_len"]
+    # The floor's bandwidth: read as many bytes as a step reads (weights + a full cache), again and again, as
+    # decoding does; a model that fits in the CPU caches is read from them, in decoding and here alike.
+    working_set = weight_bytes(model) + kv_formula_bytes(model.config, 1, model.config.block_size)
+    bandwidth = measure_bandwidth(working_set, repeats=10)
     cap = model.config.block_size - t
     say and say(f"{name}: exporting the weights to transformers")
     hf = hf_model(model)
@@ -117,6 +124,12 @@ def _run_model(name: str, model, plan: dict, bandwidth: float, say) -> dict[str,
     n = plan["memory_new_tokens"]
     out["memory"] = pd.concat([kv_memory_profile(model, kind, 2, t, n) for kind in ("static", "dynamic")],
                               ignore_index=True)
+    say and say(f"{name}: matmul throughput and ops per decode step")
+    p = max(mp["positions"])
+    floor = pd.DataFrame({"quantity": [f"read bandwidth GB/s, {working_set / 1e6:.1f} MB working set",
+                                       f"bandwidth floor ms, decode at position {p}"],
+                          "value": [bandwidth / 1e9, decode_floor_ms(model, p, bandwidth)], "unit": ["GB/s", "ms"]})
+    out["limits"] = pd.concat([floor, model_limits(name, model, engines, mp).drop(columns="model")], ignore_index=True)
     del hf
     return out
 
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_suite(args.quick, tuple(args.models), args.threads,
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 3):
-        for key in ("decode", "prefill", "steps", "batch", "targets"):
+        for key in ("decode", "prefill", "steps", "batch", "limits", "targets"):
             print(f"\n== {key} ==\n{results[key].to_string(index=False)}")
     prefix = "bench_quick_" if args.quick else "bench_"
     for path in write_results(results, Path(args.out), prefix):
