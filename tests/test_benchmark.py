@@ -239,6 +239,7 @@ def test_cli_main_writes_files_and_restores_threads(model, tmp_path, monkeypatch
         torch.set_num_threads(threads)
     out, err = capsys.readouterr()
     assert "== targets ==" in out and "[bench" in err
+    assert "#--------- 1/7]" in err and "########## 7/7]" in err  # a bar over the plan's phases, one model: 1 + 6
     assert (tmp_path / "bench_quick_batch.png").is_file() and (tmp_path / "bench_quick_steps.csv").is_file()
     with pytest.raises(SystemExit):
         suite.main(["--threads", "0"])

@@ -78,9 +78,9 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
     plan = plan or PLANS["quick" if quick else "full"]
     old_threads, started = torch.get_num_threads(), time.perf_counter()
     torch.set_num_threads(threads or old_threads)
-    say = (lambda text: progress(f"[bench {time.perf_counter() - started:6.1f}s] {text}")) if progress else None
+    say = _Progress(progress, started, phases=1 + len(_PHASES) * len(models)) if progress else None
     try:
-        say and say("measuring memory bandwidth")
+        say and say.phase("measuring memory bandwidth")
         bandwidth = measure_bandwidth(plan["bandwidth_bytes"])  # main memory: a tensor beyond every cache
         parts: dict[str, list] = {k: [] for k in ("decode", "new_tokens", "batch", "steps", "prefill", "memory",
                                                   "limits")}
@@ -98,6 +98,25 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
         torch.set_num_threads(old_threads)
 
 
+_PHASES = ("export and new-tokens sweep", "batch sweep", "single steps", "prefill", "KV memory", "limits")
+
+
+class _Progress:
+    """Progress lines for stderr: `[bench  312.5s ####------ 7/13] what runs now` (phases of the plan begun)."""
+
+    def __init__(self, out, started: float, phases: int, width: int = 10):
+        self.out, self.started, self.phases, self.width, self.begun = out, started, phases, width, 0
+
+    def phase(self, text: str) -> None:
+        self.begun = min(self.begun + 1, self.phases)
+        self(text)
+
+    def __call__(self, text: str) -> None:
+        filled = round(self.width * self.begun / self.phases)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.out(f"[bench {time.perf_counter() - self.started:6.1f}s {bar} {self.begun}/{self.phases}] {text}")
+
+
 def _run_model(name: str, model, plan: dict, say) -> dict[str, pd.DataFrame]:
     mp, reps, t = plan[name], plan["repeats"], plan["prompt_len"]
     # The floor's bandwidth: read as many bytes as a step reads (weights + a full cache), again and again, as
@@ -105,7 +124,7 @@ def _run_model(name: str, model, plan: dict, say) -> dict[str, pd.DataFrame]:
     working_set = weight_bytes(model) + kv_formula_bytes(model.config, 1, model.config.block_size)
     bandwidth = measure_bandwidth(working_set, repeats=10)
     cap = model.config.block_size - t
-    say and say(f"{name}: exporting the weights to transformers")
+    say and say.phase(f"{name}: exporting the weights to transformers")
     hf = hf_model(model)
     engines = {**kvgpt_engines(model), **hf_engines(hf)}
     cached = {k: e for k, e in engines.items() if k not in UNCACHED}
@@ -114,17 +133,18 @@ def _run_model(name: str, model, plan: dict, say) -> dict[str, pd.DataFrame]:
     out = {"new_tokens": new_tokens_sweep(engines, model.config.vocab_size, new_tokens, t, limits=limits,
                                           repeats=reps, progress=say, label=name)}
     out["decode"] = _decode_table(model, out["new_tokens"], t, bandwidth)
+    say and say.phase(f"{name}: throughput across batch sizes {mp['batches']}")
     out["batch"] = ThroughputBenchmark(cached, model.config.vocab_size, t, mp["batch_new_tokens"], repeats=reps,
                                        progress=say).run(mp["batches"], label=name)
-    say and say(f"{name}: single steps at positions {mp['positions']}")
+    say and say.phase(f"{name}: single steps at positions {mp['positions']}")
     out["steps"] = step_latency(model, mp["positions"], repeats=reps)
-    say and say(f"{name}: prefill of {mp['prefill_len']} tokens")
+    say and say.phase(f"{name}: prefill of {mp['prefill_len']} tokens")
     out["prefill"] = prefill_latency(model, hf, mp["prefill_len"], repeats=reps)
-    say and say(f"{name}: KV-cache memory")
+    say and say.phase(f"{name}: KV-cache memory")
     n = plan["memory_new_tokens"]
     out["memory"] = pd.concat([kv_memory_profile(model, kind, 2, t, n) for kind in ("static", "dynamic")],
                               ignore_index=True)
-    say and say(f"{name}: matmul throughput and ops per decode step")
+    say and say.phase(f"{name}: matmul throughput and ops per decode step")
     p = max(mp["positions"])
     floor = pd.DataFrame({"quantity": [f"read bandwidth GB/s, {working_set / 1e6:.1f} MB working set",
                                        f"bandwidth floor ms, decode at position {p}"],
