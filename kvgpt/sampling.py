@@ -15,15 +15,22 @@ import torch
 _NEG_INF = float("-inf")
 
 
-def check_logits(logits: torch.Tensor) -> None:
-    """Raise ValueError if a row holds NaN or +inf, or has no finite entry (-inf alone is fine: masked).
-
-    Shapes: logits (V,) or (B, V). One reduction: max propagates NaN, and is ±inf exactly in the bad cases.
-    Introduced in notebooks/06_sampling.ipynb.
-    """
+def _check_shape(logits: torch.Tensor) -> None:
     if logits.dim() not in (1, 2) or logits.size(-1) == 0:
         raise ValueError(f"logits must be (V,) or (B, V) with V >= 1, got shape {tuple(logits.shape)}")
-    if not torch.isfinite(logits.amax(dim=-1)).all():
+
+
+def check_logits(logits: torch.Tensor, row_max: torch.Tensor | None = None) -> None:
+    """Raise ValueError if a row holds NaN or +inf, or has no finite entry (-inf alone is fine: masked).
+
+    Shapes: logits (V,) or (B, V); row_max: logits.amax(-1) if the caller has it already (greedy does).
+    A row's max propagates NaN and is ±inf exactly in the bad cases, and so is the sum of the row maxima:
+    one host sync per call (only a sum that overflowed looks further).
+    Introduced in notebooks/06_sampling.ipynb.
+    """
+    _check_shape(logits)
+    row_max = logits.amax(dim=-1) if row_max is None else row_max
+    if not (math.isfinite(row_max.sum().item()) or torch.isfinite(row_max).all()):
         what = "NaN" if logits.isnan().any() else "+inf" if logits.isposinf().any() else "a row that is all -inf"
         raise ValueError(f"logits contain {what}; sampling needs finite logits (-inf only for masked tokens)")
 
@@ -161,12 +168,10 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
     Introduced in notebooks/05_decoding.ipynb.
     """
-    if logits.dim() in (1, 2) and logits.size(-1):
-        best, ids = logits.max(dim=-1)  # each row's maximum and its first index
-        if math.isfinite(best.sum().item()):  # NaN, +inf, an all -inf row reach the sum: one host sync per step
-            return ids
-    check_logits(logits)  # names the problem (and passes a sum that merely overflowed)
-    return logits.argmax(dim=-1)
+    _check_shape(logits)  # before max() meets an empty row
+    best, ids = logits.max(dim=-1)  # each row's maximum and its first index
+    check_logits(logits, row_max=best)
+    return ids
 
 
 def row_generators(seed: int | None, batch_size: int) -> list[torch.Generator]:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .engines import random_prompts
+from .memory import decode_floor_ms
 
 
 def matmul_time_ms(model, rows: int, head_rows: int, repeats: int = 3, seed: int = 0) -> tuple[float, float]:
@@ -77,15 +78,18 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def model_limits(name: str, model, engines: dict, plan: dict) -> pd.DataFrame:
-    """This model's limits on this machine as rows (model, quantity, value, unit).
+def model_limits(model, engines: dict, plan: dict, working_set: int, bandwidth: float) -> pd.DataFrame:
+    """This model's limits on this machine as rows (quantity, value, unit).
 
-    matmuls of a batch-1 step, a batch-B step (B = the plan's largest batch) and a prefill of
+    The read bandwidth of the step's working set and the floor it sets for a step at the plan's last
+    position; matmuls of a batch-1 step, a batch-B step (B = the plan's largest batch) and a prefill of
     prefill_len tokens (LM head on its last position only); ATen ops per decode step of each engine.
 
     Introduced in notebooks/08_benchmarks.ipynb.
     """
-    rows = []
+    p = max(plan["positions"])
+    rows = [(f"read bandwidth GB/s, {working_set / 1e6:.1f} MB working set", bandwidth / 1e9, "GB/s"),
+            (f"bandwidth floor ms, decode at position {p}", decode_floor_ms(model, p, bandwidth), "ms")]
     big = max(plan["batches"])
     for what, r, head in (("decode B=1", 1, 1), (f"decode B={big}", big, big),
                           (f"prefill {plan['prefill_len']}", plan["prefill_len"], 1)):
@@ -95,4 +99,4 @@ def model_limits(name: str, model, engines: dict, plan: dict) -> pd.DataFrame:
         if engine in engines:
             rows.append((f"ops per decode step, {engine}", ops_per_step(engines[engine], model.config.vocab_size),
                          "ATen ops"))
-    return pd.DataFrame(rows, columns=["quantity", "value", "unit"]).assign(model=name)
+    return pd.DataFrame(rows, columns=["quantity", "value", "unit"])

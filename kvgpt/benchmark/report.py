@@ -47,11 +47,10 @@ def targets(results: dict) -> pd.DataFrame:
         if not len(d):
             continue
         cond, floor = f"{name}, B=1, N={d.new_tokens.iloc[0]}, prompt {d.prompt_len.iloc[0]}", d.floor_ms.iloc[0]
-        ops = limit(name, f"ops per decode step, {ENGINE}")
+        ops, mm = limit(name, f"ops per decode step, {ENGINE}"), limit(name, "matmul ms, decode B=1")
         for peer in (PEER, "hf static"):
             peer_ms, peer_ops = d.decode_ms_per_token[peer], limit(name, f"ops per decode step, {peer}")
             if name == "gpt2-small":  # the step's matmuls stream every weight: they cannot beat the floor
-                mm = limit(name, "matmul ms, decode B=1")
                 why = (f"memory bandwidth: the step's matmuls alone take {mm:.2f} ms (floor {floor:.2f} ms) "
                        f"vs {peer} {peer_ms:.2f} ms per whole step")
                 best = peer_ms / max(mm, floor)
@@ -63,7 +62,6 @@ def targets(results: dict) -> pd.DataFrame:
             add(f"{name}: decode tokens/s, {ENGINE} / {peer}", cond,
                 d.decode_tokens_per_s[ENGINE] / d.decode_tokens_per_s[peer], required, ">=", best, why)
         if name == "gpt2-small":
-            mm = limit(name, "matmul ms, decode B=1")
             add("gpt2-small: decode ms/token / bandwidth floor", cond, d.x_floor[ENGINE], 1.25, "<=",
                 max(mm, floor) / floor,
                 f"memory bandwidth: floor {floor:.2f} ms/token; the step's matmuls alone take {mm:.2f} ms, the "

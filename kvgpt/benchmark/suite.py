@@ -78,7 +78,7 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
     plan = plan or PLANS["quick" if quick else "full"]
     old_threads, started = torch.get_num_threads(), time.perf_counter()
     torch.set_num_threads(threads or old_threads)
-    say = _Progress(progress, started, phases=1 + len(_PHASES) * len(models)) if progress else None
+    say = _Progress(progress, started, phases=1 + _PHASES_PER_MODEL * len(models)) if progress else None
     try:
         say and say.phase("measuring memory bandwidth")
         bandwidth = measure_bandwidth(plan["bandwidth_bytes"])  # main memory: a tensor beyond every cache
@@ -98,7 +98,7 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
         torch.set_num_threads(old_threads)
 
 
-_PHASES = ("export and new-tokens sweep", "batch sweep", "single steps", "prefill", "KV memory", "limits")
+_PHASES_PER_MODEL = 6  # export + new-tokens sweep, batch sweep, single steps, prefill, KV memory, limits
 
 
 class _Progress:
@@ -145,11 +145,7 @@ def _run_model(name: str, model, plan: dict, say) -> dict[str, pd.DataFrame]:
     out["memory"] = pd.concat([kv_memory_profile(model, kind, 2, t, n) for kind in ("static", "dynamic")],
                               ignore_index=True)
     say and say.phase(f"{name}: matmul throughput and ops per decode step")
-    p = max(mp["positions"])
-    floor = pd.DataFrame({"quantity": [f"read bandwidth GB/s, {working_set / 1e6:.1f} MB working set",
-                                       f"bandwidth floor ms, decode at position {p}"],
-                          "value": [bandwidth / 1e9, decode_floor_ms(model, p, bandwidth)], "unit": ["GB/s", "ms"]})
-    out["limits"] = pd.concat([floor, model_limits(name, model, engines, mp).drop(columns="model")], ignore_index=True)
+    out["limits"] = model_limits(model, engines, mp, working_set, bandwidth)
     del hf
     return out
 
