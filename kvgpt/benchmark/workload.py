@@ -1,0 +1,50 @@
+"""Serving workloads: seeded requests with ragged prompt and output lengths, identical for every engine measured.
+
+A workload is data, not code: a list of Request(prompt ids, max_new_tokens), drawn from a fixed seed so that
+kvgpt's engines and peers (vLLM) serve exactly the same requests. Introduced in notebooks/11_continuous_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from numbers import Integral
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a workload: prompt token ids and how many tokens to generate (no EOS: exactly that many)."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+
+
+def _check_range(name: str, value) -> tuple[int, int]:
+    if (not isinstance(value, tuple) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, Integral) for v in value) or not 1 <= value[0] <= value[1]):
+        raise ValueError(f"{name}={value!r}: must be a tuple (low, high) of ints with 1 <= low <= high")
+    return int(value[0]), int(value[1])
+
+
+def ragged_workload(n_requests: int, vocab_size: int, block_size: int, prompt_lengths: tuple[int, int] = (8, 128),
+                    output_lengths: tuple[int, int] = (8, 128), seed: int = 0) -> list[Request]:
+    """n_requests requests, prompt and output lengths uniform in the given inclusive ranges, ids uniform in 0..V-1.
+
+    A request whose prompt + output would exceed block_size has its output shortened to fit (so every
+    engine can serve every request). The same arguments always give the same list.
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    for name, value in (("n_requests", n_requests), ("vocab_size", vocab_size), ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
+            raise ValueError(f"{name}={value!r}: must be a positive int")
+    (p_lo, p_hi), (o_lo, o_hi) = _check_range("prompt_lengths", prompt_lengths), _check_range("output_lengths", output_lengths)
+    if p_hi >= block_size:
+        raise ValueError(f"prompt_lengths={prompt_lengths!r}: the longest prompt must leave room for one new token "
+                         f"in block_size={block_size}")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(n_requests):
+        n_prompt, n_out = rng.randint(p_lo, p_hi), rng.randint(o_lo, o_hi)
+        prompt = tuple(rng.randrange(vocab_size) for _ in range(n_prompt))
+        requests.append(Request(prompt, min(n_out, block_size - n_prompt)))
+    return requests
