@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .validation import check_config
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -19,10 +20,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """softmax(q k^T / sqrt(D) + mask) v, explicitly ("manual") or with torch's fused kernel ("sdpa").
 
     Shapes: q (B, H, T, D), k and v (B, H, S, D), mask (B or 1, 1, T, S) bool, True = may attend,
-    or None = every query sees every key. Returns (B, H, T, D).
+    or None = every query sees every key (with causal=True: the plain triangle). Returns (B, H, T, D).
     Every query row of `mask` must allow at least one key, or softmax divides 0 by 0 (NaN).
-    causal=True says `mask` is the plain lower triangle (T == S, no past, no padding): "sdpa" then
-    skips the blocks above the diagonal instead of reading the mask (same numbers, less work).
+    causal=True says the mask is the plain lower triangle (T == S, no past, no padding) and `mask` may be
+    None: "sdpa" then skips the blocks above the diagonal instead of reading a mask (same numbers, less
+    work); "manual" builds causal_mask(T, S) for this call (no (block_size, block_size) buffer is kept).
 
     Introduced in notebooks/03_attention.ipynb.
     """
@@ -30,6 +32,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         if causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if causal and mask is None:
+        mask = causal_mask(q.size(-2), k.size(-2), q.device)  # (T, S)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -59,12 +63,12 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        check_config("config", config)
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.impl = config.attn_impl
         self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)  # GPT-2's c_attn
         self.out_proj = nn.Linear(config.d_model, config.d_model)  # GPT-2's c_proj
-        n = config.block_size
-        self.register_buffer("causal_mask", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
+        # no (block_size, block_size) mask buffer: SDPA's is_causal needs none, other cases build (T, S) per call
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x to queries, keys and values, one slice of D channels per head.
@@ -83,8 +87,5 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over all T positions of x; `mask` (B or 1, 1, T, T) overrides the causal one."""
-        t, causal = x.size(1), mask is None
         q, k, v = self.split_heads(x)  # (B, H, T, D)
-        if mask is None:
-            mask = self.causal_mask[:t, :t]  # (T, T); broadcasts over B and H
-        return self.merge_heads(attend(q, k, v, mask, self.impl, causal))  # (B, T, C)
+        return self.merge_heads(attend(q, k, v, mask, self.impl, causal=mask is None))  # (B, T, C)

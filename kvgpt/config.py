@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .validation import check_positive_int, fail_type
+
 ATTN_IMPLS = ("sdpa", "manual")
 
 
@@ -34,10 +36,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "block_size"):
-            value = getattr(self, name)
-            # bool is an int subclass; True layers is a typo, not a size
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r}: must be a positive int")
+            # bool is an int subclass (True layers is a typo, not a size); numpy ints are stored as int
+            object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
@@ -61,5 +61,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Build from a dict, ignoring keys that are not fields (e.g. training metadata)."""
+        if not isinstance(d, dict):
+            fail_type("d", d, "a dict of ModelConfig fields")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from .attention import CausalSelfAttention, attend
+from .attention import CausalSelfAttention, attend, causal_mask
 from .batching import padded_attention_mask, padded_position_ids, pad_lengths_from_mask
 from .config import ModelConfig
+from .validation import (check_choice, check_config, check_device, check_dtype, check_int, check_kv_append,
+                         check_positive_int, same_device)
 
 
 class KVCache:
@@ -23,6 +25,11 @@ class KVCache:
     """
 
     length: int = 0
+    capacity: int | None = None  # positions it may hold (None: unbounded)
+
+    def _check_new(self, k_new, v_new, stored: torch.Tensor | None) -> int:
+        """T of a valid append (checked before anything is written; see validation.check_kv_append)."""
+        return check_kv_append(k_new, v_new, stored, self.length, self.capacity)
 
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store T new positions; return every key and value so far. (B, H, T, D) -> (B, H, S, D)."""
@@ -56,15 +63,23 @@ class KVCache:
 class DynamicKVCache(KVCache):
     """Grows by torch.cat every step: a new (B, H, S, D) tensor each time, memory follows length.
 
+    capacity, device and dtype mean what they mean for StaticKVCache (a bound, and what appends must be),
+    but nothing is allocated ahead.
     Introduced in notebooks/04_kv_cache.ipynb.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
+        self.capacity = None if capacity is None else check_positive_int("capacity", capacity)
+        self.device, self.dtype = check_device("device", device), check_dtype("dtype", dtype)
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self.length = 0
 
     def append(self, k_new, v_new):
+        self._check_new(k_new, v_new, self._k)
+        if self._k is None and (self.dtype not in (None, k_new.dtype) or not same_device(self.device, k_new.device)):
+            raise ValueError(f"k_new {k_new.dtype} on {k_new.device}: this cache was built for "
+                             f"dtype={self.dtype}, device={self.device}")
         if self._k is not None:
             k_new = torch.cat([self._k, k_new], dim=2)  # (B, H, S - T, D) + (B, H, T, D) -> (B, H, S, D)
             v_new = torch.cat([self._v, v_new], dim=2)
@@ -92,27 +107,30 @@ class StaticKVCache(KVCache):
 
     def __init__(self, batch_size: int, n_heads: int, head_dim: int, capacity: int,
                  device=None, dtype: torch.dtype | None = None) -> None:
+        sizes = {"batch_size": batch_size, "n_heads": n_heads, "head_dim": head_dim, "capacity": capacity}
+        batch_size, n_heads, head_dim, capacity = (check_positive_int(k, v) for k, v in sizes.items())
+        device, dtype = check_device("device", device), check_dtype("dtype", dtype)
         self.shape = (batch_size, n_heads, capacity, head_dim)  # (B, H, capacity, D)
         self.capacity, self.length = capacity, 0
         self._k = self._v = None
         if device is not None or dtype is not None:
-            self._allocate(torch.device(device or "cpu"), dtype or torch.float32)
+            self._allocate(device or torch.device("cpu"), dtype or torch.float32)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
-        self._k = torch.zeros(self.shape, device=device, dtype=dtype)
-        self._v = torch.zeros(self.shape, device=device, dtype=dtype)
+        # normal tensors even when the first append runs under inference_mode: an inference tensor could
+        # not be written outside it (under no_grad), so the cache would work in one mode and not the other
+        with torch.inference_mode(False):
+            self._k = torch.zeros(self.shape, device=device, dtype=dtype)
+            self._v = torch.zeros(self.shape, device=device, dtype=dtype)
 
     def append(self, k_new, v_new):
-        start, end = self.length, self.length + k_new.size(2)
-        if end > self.capacity:
-            raise ValueError(f"KV cache overflow: writing positions {start}..{end - 1} "
-                             f"but capacity={self.capacity} (positions 0..{self.capacity - 1})")
+        b, h, _, d = self.shape
+        start, end = self.length, self.length + self._check_new(k_new, v_new, self._k)
+        if k_new.shape != (b, h, end - start, d):  # checked before the first append allocates
+            raise ValueError(f"k_new {tuple(k_new.shape)} {k_new.dtype} does not fit a cache of "
+                             f"(B, H, ·, D) = {(b, h, d)}")
         if self._k is None:
             self._allocate(k_new.device, k_new.dtype)
-        b, h, _, d = self.shape
-        if k_new.shape != (b, h, end - start, d) or k_new.dtype != self._k.dtype:
-            raise ValueError(f"k_new {tuple(k_new.shape)} {k_new.dtype} does not fit a cache of "
-                             f"(B, H, ·, D) = {(b, h, d)} {self._k.dtype}")
         self._k[:, :, start:end] = k_new  # in place: no allocation per step
         self._v[:, :, start:end] = v_new
         self.length = end
@@ -137,17 +155,16 @@ class KVCacheManager:
 
     def __init__(self, config: ModelConfig, batch_size: int, kind: str = "static",
                  capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
-        if kind not in ("static", "dynamic"):
-            raise ValueError(f"kind={kind!r}: must be 'static' or 'dynamic'")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
-        capacity = config.block_size if capacity is None else capacity
-        if not isinstance(capacity, int) or not 0 < capacity <= config.block_size:
-            raise ValueError(f"capacity={capacity!r}: must be an int in 1..block_size={config.block_size}")
+        check_config("config", config)
+        kind = check_choice("kind", kind, ("static", "dynamic"))
+        batch_size = check_positive_int("batch_size", batch_size)
+        capacity = config.block_size if capacity is None else check_int("capacity", capacity, 1, config.block_size)
+        device, dtype = check_device("device", device), check_dtype("dtype", dtype)
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
         shape = (batch_size, config.n_heads, config.head_dim, capacity)
-        self.layer_caches: list[KVCache] = [
-            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
+        self.layer_caches: list[KVCache] = [  # both kinds take capacity, device and dtype
+            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else
+            DynamicKVCache(capacity, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]
         self.pad_lengths: torch.Tensor | None = None
@@ -155,6 +172,8 @@ class KVCacheManager:
 
     def get(self, layer_idx: int) -> KVCache:
         """The cache of layer `layer_idx`; each layer must use only its own."""
+        if type(layer_idx) is not int or not 0 <= layer_idx < len(self.layer_caches):  # -1 would be the last
+            check_int("layer_idx", layer_idx, 0, len(self.layer_caches) - 1)
         return self.layer_caches[layer_idx]
 
     def reset_all(self) -> None:
@@ -175,6 +194,9 @@ class KVCacheManager:
 
     def set_padding(self, attention_mask: torch.Tensor) -> None:
         """Record left padding from the (B, T) 0/1 mask of a prompt's first chunk (0 = pad)."""
+        if self.length:
+            raise ValueError(f"set_padding: the cache already holds {self.length} slots; padding is set before "
+                             "the first chunk of a prompt (reset_all() starts a new batch)")
         self.pad_lengths = pad_lengths_from_mask(attention_mask, self.batch_size)  # (B,)
 
     def position_ids(self, t: int, device=None) -> torch.Tensor:
@@ -214,6 +236,6 @@ class CachedCausalSelfAttention(CausalSelfAttention):
         q, k, v = self.split_heads(x)  # (B, H, T, D)
         k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
         causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
-        if mask is None and t > 1:
-            mask = self.causal_mask[position : position + t, : position + t]  # (T, S)
+        if mask is None and t > 1 and not causal:  # a later chunk: built for this call (a step needs none)
+            mask = causal_mask(t, position + t, x.device)  # (T, S)
         return self.merge_heads(attend(q, k_all, v_all, mask, self.impl, causal))  # (B, T, C)

@@ -12,6 +12,7 @@ from torch import nn
 from .config import ModelConfig
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .kv_cache import CachedCausalSelfAttention, KVCache, KVCacheManager
+from .validation import check_bool, check_config, check_int, check_mask, check_token_ids, fail_type
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 
@@ -66,7 +67,7 @@ class MiniGPTInferenceModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config
+        self.config = check_config("config", config)
         self.token_embedding = TokenEmbedding(config)
         self.position_embedding = PositionalEmbedding(config)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
@@ -110,14 +111,31 @@ class MiniGPTInferenceModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def _check_ids(self, token_ids: torch.Tensor, name: str) -> None:
-        if token_ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
-            raise ValueError(f"{name} must hold integer token ids, got dtype {token_ids.dtype}")
-        if not token_ids.numel():
-            return
-        low, high = torch.aminmax(token_ids)  # one pass over the ids: this runs on every decode step
-        if low.item() < 0 or high.item() >= self.config.vocab_size:
-            bad = token_ids[(token_ids < 0) | (token_ids >= self.config.vocab_size)][0].item()
-            raise ValueError(f"{name} contains token id {bad}; allowed ids are 0..{self.config.vocab_size - 1}")
+        check_token_ids(name, token_ids, self.config.vocab_size)  # one aminmax: this runs on every decode step
+        weight = self.token_embedding.embedding.weight
+        if token_ids.device != weight.device:
+            raise ValueError(f"{name} is on {token_ids.device} but the model is on {weight.device}")
+
+    def _check_cache(self, cache, b: int, t: int) -> None:
+        """Before anything is written: a manager built for this model's layers, heads, dims, batch and dtype,
+        with room for t more positions."""
+        if not isinstance(cache, KVCacheManager):
+            fail_type("cache", cache, "a KVCacheManager (or None in prefill)")
+        end = cache.length + t
+        self._check_context(end)
+        c, m = cache.config, self.config
+        if (c.n_layers, c.n_heads, c.head_dim, len(cache.layer_caches)) != (m.n_layers, m.n_heads, m.head_dim, m.n_layers):
+            raise ValueError(f"cache was built for n_layers={len(cache.layer_caches)}, n_heads={c.n_heads}, "
+                             f"head_dim={c.head_dim} but the model has {m.n_layers}, {m.n_heads}, {m.head_dim}")
+        if cache.batch_size != b:
+            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={cache.batch_size}")
+        if end > cache.capacity:
+            raise ValueError(f"KV cache overflow: writing positions {cache.length}..{end - 1} "
+                             f"but capacity={cache.capacity} (positions 0..{cache.capacity - 1})")
+        stored, weight = getattr(cache.layer_caches[0], "_k", None), self.token_embedding.embedding.weight
+        if stored is not None and (stored.dtype, stored.device) != (weight.dtype, weight.device):
+            raise ValueError(f"cache holds {stored.dtype} on {stored.device} but the model computes "
+                             f"{weight.dtype} on {weight.device}")
 
     def _check_context(self, end: int) -> None:
         if end > self.config.block_size:
@@ -144,20 +162,23 @@ class MiniGPTInferenceModel(nn.Module):
         only) -> logits (B, T, V), or (B, V) for the last position if last_only. With a non-empty
         cache this continues it (chunked prefill). With cache=None nothing is stored.
         """
-        if token_ids.dim() != 2 or token_ids.size(1) == 0:
-            raise ValueError(f"token_ids must be (B, T) with T >= 1, got shape {tuple(token_ids.shape)}")
+        if not isinstance(token_ids, torch.Tensor):
+            fail_type("token_ids", token_ids, "a (B, T) tensor of token ids")
+        if token_ids.dim() != 2 or 0 in token_ids.shape:
+            raise ValueError(f"token_ids must be (B, T) with B, T >= 1, got shape {tuple(token_ids.shape)}")
         self._check_ids(token_ids, "token_ids")
+        check_bool("last_only", last_only)
         b, t = token_ids.shape
         if cache is None:  # a throw-away cache-less run: positions and mask as for an empty cache
             cache = _NoCache(self.config, b)
-        elif cache.batch_size != b:
-            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={cache.batch_size}")
+        else:  # every check before set_padding: a refused call must not leave padding behind
+            self._check_cache(cache, b, t)
         past = cache.length
         self._check_context(past + t)
         if attention_mask is not None:
             if past:
                 raise ValueError("attention_mask (padding) is only accepted for the first chunk of a prompt")
-            cache.set_padding(attention_mask.to(token_ids.device))
+            cache.set_padding(check_mask("attention_mask", attention_mask, token_ids))
         return self._run(token_ids, cache, past, last_only)
 
     def forward_step(self, next_ids: torch.Tensor, position: int, cache: KVCacheManager) -> torch.Tensor:
@@ -165,17 +186,23 @@ class MiniGPTInferenceModel(nn.Module):
 
         Shapes: next_ids (B,) or (B, 1) -> logits (B, V).
         """
+        if not isinstance(next_ids, torch.Tensor):
+            fail_type("next_ids", next_ids, "a (B,) or (B, 1) tensor of token ids")
         if next_ids.dim() == 1:
             next_ids = next_ids[:, None]  # (B, 1)
         if next_ids.dim() != 2 or next_ids.size(1) != 1:
             raise ValueError(f"forward_step takes exactly one token per row, (B,) or (B, 1); got {tuple(next_ids.shape)}")
-        if position != cache.length:
-            raise ValueError(f"position={position} but the cache holds {cache.length} slots; "
-                             "the next token must go at position == cache length")
+        if not isinstance(cache, KVCacheManager):
+            fail_type("cache", cache, "a KVCacheManager")
+        if type(position) is not int or position != cache.length:  # numpy ints pass check_int
+            if check_int("position", position, 0) != cache.length:
+                raise ValueError(f"position={position} but the cache holds {cache.length} slots; "
+                                 "the next token must go at position == cache length")
         if next_ids.size(0) != cache.batch_size:
             raise ValueError(f"next_ids has batch {next_ids.size(0)} but the cache has batch_size={cache.batch_size}")
         self._check_ids(next_ids, "next_ids")
         self._check_context(position + 1)
+        self._check_cache(cache, cache.batch_size, 1)
         return self._run(next_ids, cache, position, last_only=True)  # (B, V)
 
     def _run(self, token_ids: torch.Tensor, cache, past: int, last_only: bool) -> torch.Tensor:
