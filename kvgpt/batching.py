@@ -11,6 +11,7 @@ from numbers import Integral
 import torch
 
 from .attention import causal_mask
+from .validation import ID_DTYPES, ArgumentTypeError, check_tensor, fail_type, show
 
 
 def pad_lengths_from_mask(attention_mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -18,6 +19,9 @@ def pad_lengths_from_mask(attention_mask: torch.Tensor, batch_size: int) -> torc
 
     Introduced in notebooks/07_batching.ipynb.
     """
+    check_tensor("attention_mask", attention_mask, (2,), what="(B, T) 0/1")
+    if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:  # 0.5 would count as padding
+        raise ArgumentTypeError(f"attention_mask has dtype {attention_mask.dtype}: must be an integer or bool tensor")
     mask = attention_mask.to(torch.long)
     if mask.dim() != 2 or mask.shape[0] != batch_size or not ((mask == 0) | (mask == 1)).all():
         raise ValueError(f"attention_mask must be (B={batch_size}, T) of 0/1, got shape {tuple(mask.shape)}")
@@ -61,12 +65,14 @@ def pad_prompts(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, to
 
     Introduced in notebooks/07_batching.ipynb.
     """
-    rows = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
+        fail_type("prompts", prompts, "a list of prompts, each a list of int ids or a (T,) tensor")
+    rows = [_ids(p) for p in prompts]
     if not rows or any(len(r) == 0 for r in rows):
         lengths = [len(r) for r in rows]
         raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got lengths {lengths}")
-    if any(isinstance(i, bool) or not isinstance(i, Integral) for r in rows for i in r + [pad_id]):
-        raise ValueError(f"prompts and pad_id={pad_id!r} must hold int token ids")
+    if any(isinstance(i, bool) or not isinstance(i, Integral) or not 0 <= i < 2**63 for r in rows for i in r + [pad_id]):
+        raise ValueError(f"prompts and pad_id={pad_id!r} must hold int token ids (>= 0, below 2**63)")
     t = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (t - len(r)) + r for r in rows], dtype=torch.long, device=device)  # (B, T)
     mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)  # (B, T)
@@ -81,22 +87,33 @@ def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
     Introduced in notebooks/07_batching.ipynb.
     """
     if isinstance(prompt, torch.Tensor):
-        if prompt.dim() not in (1, 2) or prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
-            raise ValueError(f"prompt must be a (T,) or (B, T) tensor of int ids, got {tuple(prompt.shape)} "
+        if prompt.dim() not in (1, 2) or prompt.dtype not in ID_DTYPES:
+            raise ValueError(f"prompt must be a (T,) or (B, T) tensor of int32/int64 ids, got {tuple(prompt.shape)} "
                              f"{prompt.dtype}")
         rows, batched = (prompt.tolist(), True) if prompt.dim() == 2 else ([prompt.tolist()], False)
     elif not isinstance(prompt, (list, tuple)):
-        raise ValueError(f"prompt={prompt!r}: must be a list of token ids, a tensor, or a list of prompts")
-    elif prompt and all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompt):
-        rows, batched = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompt], True
-    else:
-        rows, batched = [list(prompt)], False
+        fail_type("prompt", prompt, "a list of token ids, a tensor, or a list of prompts (text: tokenizer.encode)")
+    elif prompt and all(isinstance(p, (list, tuple)) or isinstance(p, torch.Tensor) and p.dim() for p in prompt):
+        rows, batched = [_ids(p) for p in prompt], True
+    else:  # one prompt: a 0-d tensor in it is not read as a row (check_token_ids refuses it: ids are ints)
+        rows, batched = [_ids(prompt)], False
+    if not rows:
+        raise ValueError(f"prompt={show(prompt)} holds no rows: a batch needs at least one prompt")
     for b, row in enumerate(rows):
         name = f"prompt[{b}]" if batched else "prompt"
         if not isinstance(row, list) or not row:
             raise ValueError(f"{name}={row!r} is empty or not a list: generation needs at least one token (e.g. BOS)")
         check_token_ids(name, row, vocab_size)
     return rows, batched
+
+
+def _ids(row) -> list:
+    """A row of ids as a list: a (T,) tensor's values (int32/int64 only), a list's items as given (checked later)."""
+    if isinstance(row, torch.Tensor):
+        if row.dtype not in ID_DTYPES or row.dim() != 1:  # int8/uint8 ids have overflowed already; floats are not ids
+            raise ArgumentTypeError(f"a prompt tensor {tuple(row.shape)} {row.dtype}: must be (T,) int32 or int64 ids")
+        return row.tolist()
+    return list(row)
 
 
 def check_token_ids(name: str, ids: list, vocab_size: int) -> None:

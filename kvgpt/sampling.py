@@ -12,10 +12,15 @@ from numbers import Integral, Real
 
 import torch
 
+from .validation import FP32, ArgumentTypeError, check_int, check_real, check_seed, check_tensor, fail_type, is_int
+
 _NEG_INF = float("-inf")
 
 
 def _check_shape(logits: torch.Tensor) -> None:
+    check_tensor("logits", logits, (1, 2), what="(V,) or (B, V)")
+    if not logits.dtype.is_floating_point:
+        raise ArgumentTypeError(f"logits has dtype {logits.dtype}: must be a floating-point tensor")
     if logits.dim() not in (1, 2) or logits.size(-1) == 0:
         raise ValueError(f"logits must be (V,) or (B, V) with V >= 1, got shape {tuple(logits.shape)}")
 
@@ -35,10 +40,13 @@ def check_logits(logits: torch.Tensor, row_max: torch.Tensor | None = None) -> N
         raise ValueError(f"logits contain {what}; sampling needs finite logits (-inf only for masked tokens)")
 
 
-_KNOBS = {  # name: (is it allowed?, what is allowed); NaN fails every comparison, so it is refused too
-    "temperature": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = greedy)"),
+_KNOBS = {  # name: (is it allowed?, what is allowed); NaN fails every comparison, so it is refused too.
+    # The math runs in fp32: a knob must stay finite and nonzero there (1e-50 would become 0, 1e300 inf)
+    "temperature": (lambda v: v == 0 or FP32.tiny <= v <= FP32.max,
+                    f"0 (greedy) or a number in [{FP32.tiny:.4g}, {FP32.max:.4g}] (finite and nonzero in fp32)"),
     "top_p": (lambda v: 0 < v <= 1, "None or a number in (0, 1]"),
-    "repetition_penalty": (lambda v: 0 < v < math.inf, "a finite number > 0 (1 = off, > 1 discourages repeats)"),
+    "repetition_penalty": (lambda v: FP32.tiny <= v <= FP32.max,
+                           f"a number in [{FP32.tiny:.4g}, {FP32.max:.4g}] (1 = off, > 1 discourages repeats)"),
 }
 
 
@@ -54,9 +62,7 @@ def check_knob(name: str, value):
     if name == "top_p" and value is None:
         return None
     ok, allowed = _KNOBS[name]
-    if isinstance(value, bool) or not isinstance(value, Real) or not ok(value):
-        raise ValueError(f"{name}={value!r}: must be {allowed}")
-    return float(value)
+    return check_real(name, value, ok, allowed)
 
 
 def seen_mask(history, vocab_size: int, batch_size: int = 1) -> torch.Tensor:
@@ -69,13 +75,21 @@ def seen_mask(history, vocab_size: int, batch_size: int = 1) -> torch.Tensor:
             raise ValueError(f"history mask has shape {tuple(history.shape)}; need (B={batch_size}, V={vocab_size})")
         return history.reshape(batch_size, vocab_size)
     if isinstance(history, torch.Tensor):
+        if history.dim() not in (1, 2) or history.dtype.is_floating_point or history.dtype.is_complex:
+            raise ArgumentTypeError(f"history {tuple(history.shape)} {history.dtype}: must be (S,) or (B, S) int "
+                                    "ids or a (B, V) bool mask")
         rows = [history.tolist()] if history.dim() == 1 else history.tolist()
+    elif not isinstance(history, (list, tuple)):
+        fail_type("history", history, "None, a list of ids, a list of id lists, or a tensor")
     else:
-        rows = [list(history)] if all(isinstance(i, Integral) for i in history) else [list(r) for r in history]
+        rows = [list(history)] if all(is_int(i) for i in history) else [list(r) for r in history]
     if len(rows) != batch_size:
         raise ValueError(f"history has {len(rows)} rows but the logits have batch {batch_size}")
     mask = torch.zeros(batch_size, vocab_size, dtype=torch.bool)
     for b, row in enumerate(rows):
+        if not all(is_int(i) for i in row):
+            raise ArgumentTypeError(f"history row {b} contains {next(i for i in row if not is_int(i))!r}; "
+                                    "token ids must be ints (negative = padding)")
         ids = [i for i in row if i >= 0]  # negative = padding: never counted as seen
         if any(i >= vocab_size for i in ids):
             raise ValueError(f"history row {b} has token id {max(ids)}; allowed ids are 0..{vocab_size - 1}")
@@ -99,7 +113,9 @@ def _penalize(logits, history, penalty):
         return logits
     rows = logits if logits.dim() == 2 else logits[None]  # (B, V)
     seen = seen_mask(history, rows.size(-1), rows.size(0)).to(logits.device)  # (B, V)
-    out = torch.where(seen, torch.where(rows < 0, rows * penalty, rows / penalty), rows)
+    top = torch.finfo(rows.dtype).max  # an extreme penalty saturates at the dtype's range instead of reaching inf
+    penalized = torch.where(rows < 0, rows * penalty, rows / penalty).clamp(-top, top)
+    out = torch.where(seen & (rows > _NEG_INF), penalized, rows)  # a masked (-inf) token stays masked
     return out if logits.dim() == 2 else out[0]
 
 
@@ -117,7 +133,13 @@ def _temperature(logits, temperature):
     if temperature == 0:
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.argmax(-1, keepdim=True), True)
         return logits.masked_fill(~keep, _NEG_INF)
-    return logits if temperature == 1.0 else logits / temperature
+    if temperature >= 1.0:  # |logits| only shrinks: nothing can overflow
+        return logits if temperature == 1.0 else logits / temperature
+    x = logits / temperature
+    # a row where a finite logit overflowed to ±inf gets (logits - row max) / t instead: the same softmax,
+    # every entry <= 0, so overflow can only reach -inf (probability 0) and the maximum stays finite
+    overflow = (x.isinf() & (logits > _NEG_INF)).any(-1, keepdim=True)  # (B, 1)
+    return torch.where(overflow, (logits - logits.amax(-1, keepdim=True)) / temperature, x)
 
 
 def apply_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -159,6 +181,7 @@ def _top_p(logits, p):
     cum = sorted_logits.softmax(-1).cumsum(-1)
     before = torch.cat([torch.zeros_like(cum[..., :1]), cum[..., :-1]], dim=-1)  # mass of the tokens ahead
     drop_sorted = before >= p  # the set already reached p without this token
+    drop_sorted[..., 0] = False  # the top token always stays: p below fp32's smallest value compares as 0
     drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, _NEG_INF)
 
@@ -182,6 +205,7 @@ def row_generators(seed: int | None, batch_size: int) -> list[torch.Generator]:
     therefore draw equal tokens). The global RNG is never used.
     Introduced in notebooks/06_sampling.ipynb.
     """
+    seed, batch_size = check_seed("seed", seed), check_int("batch_size", batch_size, 1)
     gens = [torch.Generator(device="cpu") for _ in range(batch_size)]
     for g in gens:
         g.manual_seed(seed) if seed is not None else g.seed()
@@ -194,14 +218,28 @@ def sample_from_probs(probs: torch.Tensor, generators: list[torch.Generator], ac
     Shapes: probs (B, V) -> (B,) long on probs' device; rows with active[b] False are not drawn (id 0).
     Introduced in notebooks/06_sampling.ipynb.
     """
-    if len(generators) != probs.size(0):
-        raise ValueError(f"generators: got {len(generators)} for a batch of {probs.size(0)} rows; need one per row")
+    _check_draw(generators, active, probs.size(0))
     cpu = probs.cpu()
     out = torch.zeros(probs.size(0), dtype=torch.long)
     for b, g in enumerate(generators):
         if active is None or active[b]:
             out[b] = torch.multinomial(cpu[b : b + 1], 1, generator=g)[0, 0]  # same call alone or in a batch
     return out.to(probs.device)
+
+
+def _check_draw(generators, active, batch_size: int) -> None:
+    """Before any generator advances: one CPU torch.Generator per row (None: the sampler's own), `active` None
+    or one bool per row."""
+    if generators is not None:
+        if not isinstance(generators, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generators):
+            fail_type("generators", generators, "a list of torch.Generator, one per row")
+        if len(generators) != batch_size:
+            raise ValueError(f"generators: got {len(generators)} for a batch of {batch_size} rows; need one per row")
+        if any(g.device.type != "cpu" for g in generators):
+            raise ValueError("generators must be CPU torch.Generators (rows are drawn on the CPU)")
+    if active is not None and (not isinstance(active, (list, tuple)) or len(active) != batch_size
+                               or not all(isinstance(a, bool) for a in active)):
+        raise ValueError(f"active={active!r}: must be None or a list of {batch_size} bools, one per row")
 
 
 class Sampler:
@@ -218,9 +256,7 @@ class Sampler:
                  repetition_penalty: float = 1.0, seed: int | None = None):
         given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty}
         self.knobs = {name: check_knob(name, value) for name, value in given.items()}
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0):
-            raise ValueError(f"seed={seed!r}: must be None or an int >= 0")
-        self.seed = seed
+        self.seed = check_seed("seed", seed)  # 0 .. 2**64 - 1, what torch.Generator takes
         self._own: list[torch.Generator] = []  # used when sample() is called without generators
 
     @property
@@ -263,6 +299,7 @@ class Sampler:
         """
         x = self.process(logits, history)
         rows = x if x.dim() == 2 else x[None]  # (B, V)
+        _check_draw(generators, active, rows.size(0))  # before any generator is made or advanced
         if self.is_greedy:  # one finite entry per row is left: no draw, no generator advanced
             ids = rows.argmax(-1)
         else:

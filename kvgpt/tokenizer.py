@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .validation import ArgumentTypeError, check_path, fail_type, is_int
+
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # one BPE shared by all
 # tiktoken fetches these two files on first use and caches them under sha1(url) (tiktoken/load.py)
 _GPT2_BPE_URLS = tuple(f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{f}"
@@ -23,14 +25,30 @@ GPT2_EXTRA_HINT = "install the optional extra: pip install 'kvgpt[gpt2]'"
 
 
 def _ids_to_list(ids) -> list[int]:
-    """Token ids as a flat list of ints from a list, tuple or tensor of shape (T,) or (1, T)."""
+    """Token ids as a flat list of ints from a list, tuple or integer tensor of shape (T,) or (1, T).
+
+    Only integers are ids: 1.7 or True would otherwise decode as a real token (int() truncates).
+    """
     if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ArgumentTypeError(f"ids has dtype {ids.dtype}: token ids must be an integer tensor")
         if ids.dim() == 2 and ids.size(0) == 1:
             ids = ids[0]  # (T,): a single row of a batch is unambiguous
         if ids.dim() > 1:
             raise ValueError(f"ids must be one sequence (T,) or (1, T), got a tensor of shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.reshape(-1).tolist()]
+        return ids.reshape(-1).tolist()
+    if not isinstance(ids, (list, tuple)):  # a str would decode its digits, a set has no order
+        fail_type("ids", ids, "a list or tuple of int token ids, or an integer tensor")
+    bad = next((i for i in ids if not is_int(i)), None)
+    if bad is not None:
+        raise ArgumentTypeError(f"ids contains {bad!r} ({type(bad).__name__}); token ids must be ints")
     return [int(i) for i in ids]
+
+
+def _check_text(text) -> str:
+    if not isinstance(text, str):  # a list of characters would be encoded silently, an int fails inside
+        fail_type("text", text, "a str")
+    return text
 
 
 class CharTokenizer:
@@ -84,6 +102,7 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """str -> ids. Raises ValueError for the first character outside the vocabulary."""
+        _check_text(text)
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -126,7 +145,7 @@ class GPT2Tokenizer:
     """
 
     def __init__(self, name_or_dir: str | os.PathLike = "gpt2"):
-        self.source = str(name_or_dir)
+        self.source = check_path("name_or_dir", name_or_dir)  # "" is not the current directory
         if Path(name_or_dir).is_dir():
             self._tok, self._kind = _hf_tokenizer(Path(name_or_dir)), "transformers"
             self.vocab_size, self.eos_token_id = len(self._tok), self._tok.eos_token_id
@@ -139,13 +158,18 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """str -> ids. "<|endoftext|>" in the text becomes the end-of-text token, as in transformers."""
+        _check_text(text)
         if self._kind == "tiktoken":
             return self._tok.encode(text, allowed_special="all")
         return self._tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids) -> str:
         """ids -> str. A token that ends inside a multi-byte character decodes to U+FFFD on its own."""
-        return self._tok.decode(_ids_to_list(ids))
+        ids = _ids_to_list(ids)
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+        return self._tok.decode(ids)
 
     def __repr__(self) -> str:
         return f"GPT2Tokenizer({self.source!r}, backend={self._kind}, vocab_size={self.vocab_size})"
