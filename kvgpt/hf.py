@@ -16,6 +16,7 @@ import torch
 
 from .config import ModelConfig
 from .model import MiniGPTInferenceModel
+from .validation import check_device, check_dtype, check_path
 
 # The one name map. kvgpt name -> HF GPT-2 name (without the optional "transformer." prefix).
 GLOBAL_NAMES = {
@@ -52,12 +53,8 @@ def name_pairs(n_layers: int) -> list[tuple[str, str, bool]]:
 
 
 def as_dtype(dtype) -> torch.dtype | None:
-    """None, a torch.dtype, or its name ("float16", "bfloat16", "float32") -> torch.dtype or None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
-        return getattr(torch, dtype)
-    raise ValueError(f"dtype={dtype!r}: expected a torch.dtype or a name such as 'float32', 'bfloat16'")
+    """None, a floating torch.dtype, or its name ("float16", "bfloat16", "float32") -> torch.dtype or None."""
+    return check_dtype("dtype", dtype)  # int64 weights would be a model that cannot run
 
 
 def config_from_hf(hf: dict, file: str = "config.json") -> ModelConfig:
@@ -82,10 +79,27 @@ def check_tensors(expected: dict, found: dict, file) -> None:
     unexpected = [k for k in found if k not in expected]
     shapes = [f"{k}: expected {tuple(s)}, found {tuple(found[k].shape)}"
               for k, s in expected.items() if k in found and tuple(found[k].shape) != tuple(s)]
-    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("misshaped keys", shapes)):
+    # integer weights would load by casting and give a model of rounded numbers: refuse them
+    dtypes = [f"{k}: {v.dtype}" for k, v in found.items() if k in expected and not v.dtype.is_floating_point]
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("misshaped keys", shapes),
+                        ("non-floating keys", dtypes)):
         if items:
             more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
             raise ValueError(f"{file}: {what} {items[:5]}{more}")
+
+
+def expected_shapes(config: ModelConfig, found: dict, layer_prefix: str, file) -> dict[str, torch.Size]:
+    """kvgpt name -> shape for `config`, worked out on the meta device: nothing is allocated until the weights agree.
+
+    The layer count is compared first (from the `layer_prefix`<i>. keys in `found`), so a config claiming
+    a million layers is refused without building them even on meta.
+    """
+    layers = {int(m.group(1)) for k in found if (m := re.match(rf"{re.escape(layer_prefix)}(\d+)\.", k))}
+    if layers != set(range(config.n_layers)):
+        raise ValueError(f"{file}: holds layers {sorted(layers)[:5]}{'...' if len(layers) > 5 else ''} "
+                         f"({len(layers)} in all) but the config says n_layers={config.n_layers}")
+    with torch.device("meta"):
+        return {k: v.shape for k, v in MiniGPTInferenceModel(config).state_dict().items()}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +133,7 @@ def read_json(path: Path) -> dict:
 
 def resolve_dir(name_or_dir: str | os.PathLike) -> Path:
     """A local directory as is; a hub name ("gpt2", "org/name") downloaded via huggingface_hub (online only)."""
-    path = Path(name_or_dir).expanduser()
+    path = Path(check_path("name_or_dir", name_or_dir)).expanduser()  # "" is not the current directory
     if path.is_dir():
         return path
     text = str(name_or_dir)
@@ -153,20 +167,21 @@ def load_hf(name_or_dir: str | os.PathLike, dtype=None, device=None) -> MiniGPTI
 
     Introduced in notebooks/08_benchmarks.ipynb.
     """
+    dtype, device = check_dtype("dtype", dtype), check_device("device", device)  # before any file is read
     directory = resolve_dir(name_or_dir)
     config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"))
     file, sd = hf_state_dict(directory)
     head = sd.pop(TIED_HEAD, None)
     if head is not None and ("wte.weight" not in sd or not torch.equal(head, sd["wte.weight"])):
         raise ValueError(f"{file}: {TIED_HEAD} differs from wte.weight; kvgpt ties the LM head to the embedding")
-    model = MiniGPTInferenceModel(config)
-    ours = model.state_dict()
+    ours = expected_shapes(config, sd, "h.", file)  # shapes only: the model is built once the weights agree
     pairs = name_pairs(config.n_layers)
-    expected = {theirs: ours[o].shape[::-1] if t else ours[o].shape for o, theirs, t in pairs}
+    expected = {theirs: ours[o][::-1] if t else ours[o] for o, theirs, t in pairs}
     check_tensors(expected, sd, file)
+    model = MiniGPTInferenceModel(config)
     converted = {o: sd[theirs].t() if t else sd[theirs] for o, theirs, t in pairs}
     model.load_state_dict({**converted, TIED_HEAD: converted["token_embedding.embedding.weight"]})
-    return model.to(device=device, dtype=as_dtype(dtype) or torch.float32).eval()
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 
 def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):

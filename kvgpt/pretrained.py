@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .hf import TIED_HEAD, as_dtype, check_tensors, load_hf, read_json, read_weights
+from .hf import TIED_HEAD, check_tensors, expected_shapes, load_hf, read_json, read_weights
 from .model import MiniGPTInferenceModel
 from .tokenizer import GPT2_NAMES, CharTokenizer, GPT2Tokenizer
+from .validation import check_device, check_dtype, check_path
 
 DEFAULT_MODEL = "shakespeare-char"
 EMBED_KEY = "token_embedding.embedding.weight"
@@ -49,7 +50,8 @@ def load_pretrained(name: str | os.PathLike = DEFAULT_MODEL, device=None, dtype=
 
     Introduced in notebooks/05_decoding.ipynb.
     """
-    text = str(name)
+    text = check_path("name", name)  # "" would be read as the current directory
+    device, dtype = check_device("device", device), check_dtype("dtype", dtype)  # before anything is loaded
     if text in embedded_names():
         return load_dir(data_dir() / text, device, dtype)
     if text in GPT2_NAMES:
@@ -66,7 +68,8 @@ def load_pretrained(name: str | os.PathLike = DEFAULT_MODEL, device=None, dtype=
 
 def load_dir(directory: str | os.PathLike, device=None, dtype=None):
     """Load a directory in kvgpt's format, or in HuggingFace GPT-2 format -> (model, tokenizer)."""
-    directory = Path(directory)
+    directory = Path(check_path("directory", directory))
+    device, dtype = check_device("device", device), check_dtype("dtype", dtype)
     config = read_json(directory / "config.json")
     if "n_layer" in config or config.get("model_type") == "gpt2":  # HuggingFace's names
         return load_hf(directory, dtype=dtype, device=device), _hf_dir_tokenizer(directory, config)
@@ -77,9 +80,10 @@ def load_dir(directory: str | os.PathLike, device=None, dtype=None):
     if tokenizer.vocab_size != model_config.vocab_size:
         raise ValueError(f"{directory / 'vocab.json'} has {tokenizer.vocab_size} characters but "
                          f"{directory / 'config.json'} says vocab_size={model_config.vocab_size}")
+    sd = _read_weights(directory / "model.safetensors", model_config)  # checked before the model is allocated
     model = MiniGPTInferenceModel(model_config)
-    _load_weights(model, directory / "model.safetensors")
-    return model.to(device=device, dtype=as_dtype(dtype) or torch.float32).eval(), tokenizer
+    model.load_state_dict(sd)
+    return model.to(device=device, dtype=dtype or torch.float32).eval(), tokenizer
 
 
 def _model_config(config: dict, file: Path) -> ModelConfig:
@@ -91,17 +95,18 @@ def _model_config(config: dict, file: Path) -> ModelConfig:
         raise ValueError(f"{file}: {e}") from e
 
 
-def _load_weights(model: MiniGPTInferenceModel, file: Path) -> None:
-    """Load kvgpt-format weights, checking every key and shape; a stored lm_head.weight must equal the embedding."""
+def _read_weights(file: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """kvgpt-format weights checked against `config` (every key, shape and a floating dtype; a stored
+    lm_head.weight must equal the embedding) -> a state_dict ready for load_state_dict."""
     if not file.is_file():
         raise FileNotFoundError(f"{file}: file not found")
     sd = read_weights(file)
     head = sd.pop(TIED_HEAD, None)
     if head is not None and (EMBED_KEY not in sd or not torch.equal(head, sd[EMBED_KEY])):
         raise ValueError(f"{file}: {TIED_HEAD} differs from {EMBED_KEY}; kvgpt ties the LM head to the embedding")
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_HEAD}
+    expected = {k: v for k, v in expected_shapes(config, sd, "blocks.", file).items() if k != TIED_HEAD}
     check_tensors(expected, sd, file)
-    model.load_state_dict({**sd, TIED_HEAD: sd[EMBED_KEY]})
+    return {**sd, TIED_HEAD: sd[EMBED_KEY]}
 
 
 def _hf_dir_tokenizer(directory: Path, config: dict):
