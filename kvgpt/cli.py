@@ -12,6 +12,7 @@ Introduced in notebooks/05_decoding.ipynb.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -65,21 +66,31 @@ def _bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     return suite_main(argv) or 0
 
 
+def _flag(flag: str, check, *values):
+    """check(*values), with a refusal's message prefixed by the flag the user typed."""
+    try:
+        return check(*values)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
+
+
 def _setup(args):
-    """Everything that can fail because of an argument: -> (tokenizer, generator, token stream)."""
+    """Everything that can fail because of an argument, all before any output:
+    -> (tokenizer, generator, token stream, first token or None)."""
     import torch
 
     from .generation import AutoregressiveGenerator
-    from .sampling import Sampler
+    from .sampling import Sampler, check_knob
+    from .validation import check_device, check_path, check_seed
 
+    for flag, knob in (("--temperature", "temperature"), ("--top-k", "top_k"), ("--top-p", "top_p"),
+                       ("--repetition-penalty", "repetition_penalty")):
+        _flag(flag, check_knob, knob, getattr(args, knob))  # each refusal names its flag
+    _flag("--seed", check_seed, "seed", args.seed)  # 0 .. 2**64 - 1: torch.Generator's range
     sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      repetition_penalty=args.repetition_penalty, seed=args.seed)  # checks every knob
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)  # fails now if the device is unavailable
-    except (RuntimeError, AssertionError) as e:  # torch raises AssertionError for "not compiled with CUDA"
-        raise ValueError(f"--device {args.device!r} is not usable: {e}") from None
-    model, tokenizer = load_pretrained(args.model, device=device)
+                      repetition_penalty=args.repetition_penalty, seed=args.seed)
+    device = _flag("--device", check_device, "device", args.device)  # computes on it: "meta" or "cuda" here fail
+    model, tokenizer = load_pretrained(_flag("--model", check_path, "name", args.model), device=device)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")
@@ -88,19 +99,22 @@ def _setup(args):
                               cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
     with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
         model(torch.tensor([prompt[:1]], device=device))
-    return tokenizer, generator, stream
+    first = next(stream, None)  # the prefill and the first draw run before anything is printed
+    return tokenizer, generator, stream, first
 
 
 def _generate(parser: argparse.ArgumentParser, args) -> int:
     try:
-        tokenizer, generator, stream = _setup(args)
-    except (ValueError, OSError, ImportError) as e:  # bad argument, unknown model, missing file or extra
+        tokenizer, generator, stream, first = _setup(args)
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:  # bad argument, model, file, extra
         parser.error(" ".join(str(e).split()))
+    except KeyboardInterrupt:  # during loading or the prefill: nothing printed yet
+        return 130
     out = _TextStream(tokenizer)
     interrupted = False
     try:
         sys.stdout.write(args.prompt)
-        for token in stream:
+        for token in itertools.chain([] if first is None else [first], stream):
             sys.stdout.write(out.push(token))
             sys.stdout.flush()
         sys.stdout.write(out.finish() + "\n")
@@ -112,6 +126,10 @@ def _generate(parser: argparse.ArgumentParser, args) -> int:
     except BrokenPipeError:  # `kvgpt generate | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # noqa: BLE001 -- a failure after output started: still one line, never a traceback
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        parser.error(f"generation failed after {len(out.ids)} tokens: {type(e).__name__}: {' '.join(str(e).split())}")
     print(summary(generator.last_stats, args, interrupted), file=sys.stderr, flush=True)
     return 130 if interrupted else 0
 
