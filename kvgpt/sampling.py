@@ -109,10 +109,13 @@ def apply_repetition_penalty(logits: torch.Tensor, history, penalty: float) -> t
 
 
 def _penalize(logits, history, penalty):
-    if penalty == 1.0 or history is None:
+    if history is None:
         return logits
     rows = logits if logits.dim() == 2 else logits[None]  # (B, V)
-    seen = seen_mask(history, rows.size(-1), rows.size(0)).to(logits.device)  # (B, V)
+    seen = seen_mask(history, rows.size(-1), rows.size(0))  # (B, V); checked even when the penalty is off
+    if penalty == 1.0:
+        return logits
+    seen = seen.to(logits.device)
     top = torch.finfo(rows.dtype).max  # an extreme penalty saturates at the dtype's range instead of reaching inf
     penalized = torch.where(rows < 0, rows * penalty, rows / penalty).clamp(-top, top)
     out = torch.where(seen & (rows > _NEG_INF), penalized, rows)  # a masked (-inf) token stays masked

@@ -40,3 +40,35 @@ def gen(**config):
     from kvgpt import AutoregressiveGenerator
 
     return AutoregressiveGenerator(cached_model(**config))
+
+
+def _tensor_state(t):
+    """A tensor's storage address, shape, dtype and exact bytes (None stays None)."""
+    if t is None:
+        return None
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return (t.data_ptr(), tuple(t.shape), str(t.dtype), raw)
+
+
+def snapshot(*objs):
+    """Everything a refused call must leave unchanged, as comparable values: a KVCacheManager's length, padding
+    and every layer's length, capacity and buffers (address and bytes, stale slots included); a cache's the same;
+    a torch.Generator's state; a Sampler's knobs, seed and own generators; an AutoregressiveGenerator's last_stats."""
+    from kvgpt import AutoregressiveGenerator, KVCache, KVCacheManager, Sampler
+
+    out = []
+    for o in objs:
+        if isinstance(o, KVCacheManager):
+            out.append(("manager", o.length, o.batch_size, o.kind, o.capacity, _tensor_state(o.pad_lengths),
+                        snapshot(*o.layer_caches)))
+        elif isinstance(o, KVCache):
+            out.append((type(o).__name__, o.length, o.capacity, _tensor_state(o._k), _tensor_state(o._v)))
+        elif isinstance(o, torch.Generator):
+            out.append(("generator", o.get_state().numpy().tobytes()))
+        elif isinstance(o, Sampler):
+            out.append(("sampler", dict(o.knobs), o.seed, snapshot(*o._own)))
+        elif isinstance(o, AutoregressiveGenerator):
+            out.append(("autoregressive", o.last_stats))
+        else:
+            raise TypeError(f"snapshot: no rule for {type(o).__name__}")
+    return tuple(out)
