@@ -91,7 +91,7 @@ def _setup(args):
                       repetition_penalty=args.repetition_penalty, seed=args.seed)
     device = _flag("--device", check_device, "device", args.device)  # computes on it: "meta" or "cuda" here fail
     model, tokenizer = load_pretrained(_flag("--model", check_path, "name", args.model), device=device)
-    prompt = tokenizer.encode(args.prompt)
+    prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")
     generator = AutoregressiveGenerator(model)
