@@ -191,7 +191,8 @@ class MiniGPTInferenceModel(nn.Module):
         if next_ids.dim() == 1:
             next_ids = next_ids[:, None]  # (B, 1)
         if next_ids.dim() != 2 or next_ids.size(1) != 1:
-            raise ValueError(f"forward_step takes exactly one token per row, (B,) or (B, 1); got {tuple(next_ids.shape)}")
+            raise ValueError(f"next_ids: forward_step takes exactly one token per row, (B,) or (B, 1); "
+                             f"got {tuple(next_ids.shape)}")
         if not isinstance(cache, KVCacheManager):
             fail_type("cache", cache, "a KVCacheManager")
         if type(position) is not int or position != cache.length:  # numpy ints pass check_int

@@ -81,8 +81,12 @@ def seen_mask(history, vocab_size: int, batch_size: int = 1) -> torch.Tensor:
         rows = [history.tolist()] if history.dim() == 1 else history.tolist()
     elif not isinstance(history, (list, tuple)):
         fail_type("history", history, "None, a list of ids, a list of id lists, or a tensor")
+    elif all(is_int(i) for i in history):
+        rows = [list(history)]
+    elif all(isinstance(r, (list, tuple)) for r in history):
+        rows = [list(r) for r in history]
     else:
-        rows = [list(history)] if all(is_int(i) for i in history) else [list(r) for r in history]
+        fail_type("history", history, "a list of int ids or a list of such lists, one per row")
     if len(rows) != batch_size:
         raise ValueError(f"history has {len(rows)} rows but the logits have batch {batch_size}")
     mask = torch.zeros(batch_size, vocab_size, dtype=torch.bool)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .validation import ArgumentTypeError, check_path, fail_type, is_int
+from .validation import ID_DTYPES, ArgumentTypeError, check_path, fail_type, is_int
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # one BPE shared by all
 # tiktoken fetches these two files on first use and caches them under sha1(url) (tiktoken/load.py)
@@ -30,8 +30,8 @@ def _ids_to_list(ids) -> list[int]:
     Only integers are ids: 1.7 or True would otherwise decode as a real token (int() truncates).
     """
     if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise ArgumentTypeError(f"ids has dtype {ids.dtype}: token ids must be an integer tensor")
+        if ids.dtype not in ID_DTYPES:  # floats are not ids; int8/uint8 ids have overflowed already
+            raise ArgumentTypeError(f"ids has dtype {ids.dtype}: token ids must be an int32 or int64 tensor")
         if ids.dim() == 2 and ids.size(0) == 1:
             ids = ids[0]  # (T,): a single row of a batch is unambiguous
         if ids.dim() > 1:

@@ -1,0 +1,289 @@
+"""Fuzzing the public API (issue 14): one argument at a time gets a random hostile value (any type, shape, dtype,
+extreme or non-finite number) while the others stay valid. The property, for every entry point:
+
+    the call returns a correct result, or raises ValueError/TypeError whose message names the argument,
+    and then every cache, manager, sampler and torch.Generator involved is exactly as before (snapshot/compare).
+
+Any other exception (IndexError, RuntimeError from deep inside torch, AttributeError...) fails the test.
+Profile from conftest.py: derandomized, 25 examples per test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import cached_model, snapshot
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from kvgpt import (
+    AutoregressiveGenerator,
+    CharTokenizer,
+    DynamicKVCache,
+    KVCacheManager,
+    ModelConfig,
+    Sampler,
+    StaticKVCache,
+)
+from kvgpt.batching import pad_prompts
+from kvgpt.pretrained import load_pretrained
+from kvgpt.sampling import apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, row_generators
+from kvgpt.validation import FP32
+
+V = 67
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16,
+          torch.int32, torch.int64, torch.bool]
+EXTREMES = [0.0, -0.0, 5e-324, 1e-45, FP32.tiny, FP32.max, 3.5e38, 1e300, float("nan"), float("inf"), -float("inf")]
+
+
+@st.composite
+def tensors(draw, max_dims=3):
+    """A small tensor of any dtype and shape (dims 0..max_dims, sizes 0..5), values near the id range or extreme."""
+    shape = draw(st.lists(st.integers(0, 5), max_size=max_dims))
+    dtype = draw(st.sampled_from(DTYPES))
+    n = math.prod(shape)
+    if dtype.is_floating_point:
+        values = draw(st.lists(st.one_of(st.floats(-100, 100), st.sampled_from(EXTREMES)), min_size=n, max_size=n))
+        return torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+    values = draw(st.lists(st.integers(-3, 70), min_size=n, max_size=n))
+    return torch.tensor(values, dtype=torch.int64).reshape(shape).to(dtype)
+
+
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, -1, 2**63, 2**64, 2**64 - 1]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(EXTREMES),
+    st.text(max_size=3), st.lists(st.integers(-3, 70), max_size=4), st.lists(st.lists(st.integers(-1, 70), max_size=3),
+                                                                            max_size=3),
+    st.builds(np.int64, st.integers(-(2**63), 2**63 - 1)), st.builds(np.float32, st.floats(width=32)),
+    tensors(), st.sampled_from(["cpu", "meta", "cuda", "toaster", "", "static", "sdpa", "float32", "int64"]),
+    st.sampled_from([object(), torch.float16, torch.int8, torch.device("meta"), {}, (1, 2), [[]], [torch.tensor(1)]]),
+)
+
+
+def outcome(call, names: tuple, *state, also=()):
+    """call() -> its result, or None after a ValueError/TypeError whose message names one of `names`;
+    either way a refusal must leave `state` exactly as it was. Other exceptions propagate (a failed example)."""
+    before = snapshot(*state)
+    try:
+        result = call()
+    except (ValueError, TypeError, *also) as e:
+        event(f"refused: {type(e).__name__}")
+        assert any(n in str(e) for n in names), f"message does not name {names}: {type(e).__name__}: {e}"
+        assert snapshot(*state) == before, f"a refused call changed state: {e}"
+        return None
+    event("accepted")
+    return result
+
+
+MODEL = cached_model(vocab_size=V, n_layers=2, n_heads=2, d_model=32, block_size=16)
+CFG = dict(vocab_size=7, n_layers=1, n_heads=2, d_model=8, block_size=16, dropout=0.0, attn_impl="sdpa")
+
+
+@given(st.sampled_from(list(CFG)), HOSTILE)
+def test_fuzz_model_config(field, value):
+    cfg = outcome(lambda: ModelConfig(**{**CFG, field: value}), (field,))
+    if cfg is not None:
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg and all(type(getattr(cfg, f)) is int for f in
+                                                                      ("vocab_size", "n_layers", "block_size"))
+
+
+@given(st.sampled_from(["batch_size", "kind", "capacity", "device", "dtype"]), HOSTILE)
+def test_fuzz_cache_manager(arg, value):
+    kwargs = {"batch_size": 2, "kind": "static", "capacity": None, "device": None, "dtype": None, arg: value}
+    mgr = outcome(lambda: KVCacheManager(MODEL.config, **kwargs), (arg,))
+    if mgr is not None:
+        assert len(mgr.layer_caches) == 2 and 1 <= mgr.capacity <= 16 and mgr.length == 0
+
+
+@given(st.sampled_from(["static", "dynamic"]), st.one_of(HOSTILE, tensors(max_dims=4)),
+       st.one_of(st.just("same"), HOSTILE), st.integers(0, 3))
+def test_fuzz_cache_append(kind, k_new, v_new, prefilled):
+    cache = StaticKVCache(2, 2, 4, capacity=6) if kind == "static" else DynamicKVCache(capacity=6)
+    if prefilled:
+        cache.append(torch.ones(2, 2, prefilled, 4), torch.ones(2, 2, prefilled, 4))
+    v = k_new if isinstance(v_new, str) and v_new == "same" else v_new
+    out = outcome(lambda: cache.append(k_new, v), ("k_new", "v_new", "capacity"), cache)
+    if out is not None:
+        assert cache.length == prefilled + k_new.size(2) and torch.equal(out[0][:, :, prefilled:], k_new)
+
+
+def _valid_prefill():
+    return {"token_ids": torch.tensor([[1, 2, 3], [4, 5, 6]]), "cache": KVCacheManager(MODEL.config, 2),
+            "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]), "last_only": False}
+
+
+@given(st.sampled_from(["token_ids", "cache", "attention_mask", "last_only"]),
+       st.one_of(HOSTILE, tensors(max_dims=2), st.builds(lambda b, k: KVCacheManager(MODEL.config, b, k),
+                                                         st.integers(1, 3), st.sampled_from(["static", "dynamic"]))))
+def test_fuzz_prefill(arg, value):
+    call = {**_valid_prefill(), arg: value}
+    state = [call["cache"]] if isinstance(call["cache"], KVCacheManager) else []
+    names = (arg, "cache") if arg == "token_ids" else (arg,)  # a batch the cache does not have names both
+    with torch.no_grad():
+        out = outcome(lambda: MODEL.prefill(**call), names, *state)
+        if out is not None:  # correct: the same logits as the cache-less forward
+            ref = MODEL(call["token_ids"], attention_mask=call["attention_mask"], last_only=call["last_only"])
+            assert (out - ref).abs().max() <= 1e-5
+
+
+@st.composite
+def plausible_prefills(draw):
+    """Near-valid prefill calls: random batch, length, id dtype and values, masks of random width and values,
+    caches of random batch, kind, capacity and fill, so that both outcomes are common."""
+    b, t = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from([torch.int64, torch.int64, torch.int32, torch.int8, torch.float32]))
+    ids = torch.tensor(draw(st.lists(st.integers(-1, V), min_size=b * t, max_size=b * t))).reshape(b, t).to(dtype)
+    mask = None
+    if draw(st.booleans()):
+        w = draw(st.sampled_from([t, t, t, t - 1, t + 1]))
+        pads = draw(st.lists(st.integers(0, max(w, 0)), min_size=b, max_size=b))
+        rows = [[0] * p + [1] * (w - p) for p in pads]
+        if draw(st.integers(0, 4)) == 0 and w > 0:  # a stray value: 2, or a hole in the padding
+            rows[0][draw(st.integers(0, w - 1))] = draw(st.sampled_from([2, 0, 1]))
+        mask = torch.tensor(rows, dtype=draw(st.sampled_from([torch.long, torch.bool, torch.int32, torch.float32])))
+    cache, past = None, 0
+    if draw(st.booleans()):
+        cache = KVCacheManager(MODEL.config, draw(st.sampled_from([b, b, 1, 2])), draw(st.sampled_from(["static",
+                               "dynamic"])), capacity=draw(st.integers(1, 16)))
+        past = draw(st.integers(0, min(3, cache.capacity)))
+        if past:
+            with torch.no_grad():
+                MODEL.prefill(torch.ones(cache.batch_size, past, dtype=torch.long), cache)
+    return ids, cache, mask, past
+
+
+@given(plausible_prefills())
+def test_fuzz_prefill_plausible(call):
+    ids, cache, mask, past = call
+    state = [cache] if cache is not None else []
+    with torch.no_grad():
+        out = outcome(lambda: MODEL.prefill(ids, cache, mask), ("token_ids", "cache", "attention_mask", "block_size"),
+                      *state)
+        if out is not None:
+            prefix = torch.ones(ids.size(0), past, dtype=torch.long)
+            full_mask = None if mask is None else mask.long()
+            ref = MODEL(torch.cat([prefix, ids.long()], 1), attention_mask=full_mask)[:, past:]
+            assert (out - ref).abs().max() <= 1e-5 and (cache is None or cache.length == past + ids.size(1))
+
+
+@given(st.sampled_from(["next_ids", "position", "cache"]), st.one_of(HOSTILE, tensors(max_dims=2)))
+def test_fuzz_forward_step(arg, value):
+    mgr = KVCacheManager(MODEL.config, 2, capacity=5)
+    with torch.no_grad():
+        MODEL.prefill(torch.tensor([[1, 2, 3], [4, 5, 6]]), mgr)
+        call = {"next_ids": torch.tensor([7, 8]), "position": 3, "cache": mgr, arg: value}
+        out = outcome(lambda: MODEL.forward_step(**call), (arg, "cache"), mgr)
+        if out is not None:
+            ids = call["next_ids"].reshape(2, 1)
+            ref = MODEL(torch.cat([torch.tensor([[1, 2, 3], [4, 5, 6]]), ids], 1), last_only=True)
+            assert mgr.length == 4 and (out - ref).abs().max() <= 1e-5
+
+
+GEN_ARGS = ["prompt", "max_new_tokens", "sampler", "use_cache", "cache_kind", "eos_token_id", "pad_token_id"]
+
+
+@given(st.sampled_from(GEN_ARGS), HOSTILE)
+def test_fuzz_generate(arg, value):
+    g, s = AutoregressiveGenerator(MODEL), Sampler(temperature=0.9, seed=1)
+    g.generate([1, 2], 2, s)  # some state to keep
+    call = {"prompt": [1, 2], "max_new_tokens": 3, "sampler": s, "eos_token_id": None, arg: value}
+    out = outcome(lambda: g.generate(**call), (arg,), g, s)
+    if out is not None:
+        rows = out if out and isinstance(out[0], list) else [out]
+        assert all(isinstance(i, int) and 0 <= i < V for r in rows for i in r)
+        assert all(len(r) <= 16 for r in rows) and g.last_stats is not None
+
+
+KNOBS = ["temperature", "top_k", "top_p", "repetition_penalty", "seed"]
+
+
+@given(st.sampled_from(KNOBS), HOSTILE)
+def test_fuzz_sampler_knobs(knob, value):
+    s = outcome(lambda: Sampler(**{knob: value}), (knob,))
+    if s is not None:  # whatever was accepted samples without a crash
+        x = torch.randn(2, V, generator=torch.Generator().manual_seed(0)) * 1e30
+        ids = s.sample(x, history=[[1, 2], [3]])
+        assert ids.shape == (2,) and ((0 <= ids) & (ids < V)).all()
+
+
+def _log_uniform(low, high):
+    return st.floats(math.log(low), math.log(high)).map(math.exp)
+
+
+@given(temperature=st.one_of(st.just(0.0), _log_uniform(FP32.tiny, FP32.max)), top_k=st.none() | st.integers(0, 99),
+       top_p=st.none() | _log_uniform(5e-324, 1.0), penalty=_log_uniform(FP32.tiny, FP32.max),
+       scale=st.sampled_from([1.0, 1e10, 1e30, 3e38]), dtype=st.sampled_from([torch.float32, torch.float16,
+                                                                                torch.bfloat16]),
+       masked=st.integers(0, V - 1))
+def test_fuzz_every_allowed_knob_gives_a_finite_distribution(temperature, top_k, top_p, penalty, scale, dtype, masked):
+    x = (torch.rand(3, V, generator=torch.Generator().manual_seed(masked)) * 2 - 1) * scale
+    x = x.clamp(-torch.finfo(dtype).max, torch.finfo(dtype).max).to(dtype)
+    x[:, :masked] = float("-inf")  # every row keeps V - masked finite entries
+    s = Sampler(temperature=min(temperature, FP32.max), top_k=top_k, top_p=min(top_p, 1.0) if top_p else None,
+                repetition_penalty=min(penalty, FP32.max), seed=0)
+    probs = s.probs(x, history=[[masked], list(range(V)), []])
+    assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(3))
+    assert (probs[:, :masked] == 0).all()
+    ids = s.sample(x, history=[[masked], list(range(V)), []])
+    assert (probs[torch.arange(3), ids] > 0).all()
+
+
+@given(st.sampled_from(["logits", "history", "generators", "active"]), HOSTILE)
+def test_fuzz_sample_call(arg, value):
+    s, gens = Sampler(temperature=0.7, repetition_penalty=1.2, seed=0), row_generators(0, 2)
+    s.sample(torch.zeros(2, V))  # the sampler's own generators exist and carry state
+    call = {"logits": torch.randn(2, V, generator=torch.Generator().manual_seed(1)), "history": None,
+            "generators": gens, "active": None, arg: value}
+    out = outcome(lambda: s.sample(**call), (arg,), s, *gens)
+    if out is not None:
+        assert out.shape == call["logits"].shape[:-1] and ((0 <= out) & (out < call["logits"].size(-1))).all()
+
+
+@given(st.sampled_from([apply_temperature, apply_top_k, apply_top_p, apply_repetition_penalty]),
+       st.sampled_from(["logits", "knob"]), st.one_of(HOSTILE, tensors(max_dims=2)))
+def test_fuzz_filters(fn, arg, value):
+    knob = {apply_temperature: 0.5, apply_top_k: 3, apply_top_p: 0.5, apply_repetition_penalty: 1.5}[fn]
+    name = {apply_temperature: "temperature", apply_top_k: "top_k", apply_top_p: "top_p",
+            apply_repetition_penalty: "repetition_penalty"}[fn]
+    logits = torch.randn(2, 9, generator=torch.Generator().manual_seed(0)) if arg == "knob" else value
+    knob = value if arg == "knob" else knob
+    call = (lambda: fn(logits, [[1], [2]], knob)) if fn is apply_repetition_penalty else (lambda: fn(logits, knob))
+    out = outcome(call, ("logits", name, "history"))
+    if out is not None:
+        assert out.shape == logits.shape and not out.isnan().any() and (out.isfinite().sum(-1) >= 1).all()
+
+
+TOK = CharTokenizer(list("abcdefg"))
+
+
+@given(st.sampled_from(["encode", "decode"]), st.one_of(HOSTILE, st.text(alphabet="abcdefgz", max_size=5)))
+def test_fuzz_tokenizer(method, value):
+    out = outcome(lambda: getattr(TOK, method)(value), ("text", "ids", "character", "token id"))
+    if out is not None and method == "encode":
+        assert TOK.decode(out) == value
+    if out is not None and method == "decode":
+        ids = value.reshape(-1).tolist() if isinstance(value, torch.Tensor) else [int(i) for i in value]
+        assert out == "".join(TOK.chars[i] for i in ids)
+
+
+@given(st.sampled_from(["prompts", "pad_id"]), HOSTILE)
+def test_fuzz_pad_prompts(arg, value):
+    call = {"prompts": [[1, 2], [3]], "pad_id": 0, arg: value}
+    out = outcome(lambda: pad_prompts(**call), ("prompts", "pad_id", "prompt"))
+    if out is not None:
+        ids, mask = out
+        assert ids.shape == mask.shape and (mask.sum(1) == torch.tensor([len(p) for p in call["prompts"]])).all()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@given(st.sampled_from(["name", "device", "dtype"]), HOSTILE)
+def test_fuzz_load_pretrained(arg, value):
+    call = {"name": "shakespeare-char", "device": "cpu", "dtype": None, arg: value}
+    out = outcome(lambda: load_pretrained(**call), (arg, "model", "config.json", "file not found"),
+                  also=(FileNotFoundError,))
+    if out is not None:
+        model, tok = out
+        assert model.config.vocab_size == tok.vocab_size
