@@ -14,7 +14,9 @@ import torch
 
 from .batching import check_token_ids, pad_prompts, prompt_rows
 from .kv_cache import KVCacheManager
+from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
+from .validation import fail_type
 
 
 @dataclass
@@ -71,6 +73,8 @@ class AutoregressiveGenerator:
     """
 
     def __init__(self, model):
+        if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
+            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model = model
         self.last_stats: GenerationStats | None = None
 

@@ -18,7 +18,7 @@ from .config import ModelConfig
 from .hf import TIED_HEAD, check_tensors, expected_shapes, load_hf, read_json, read_weights
 from .model import MiniGPTInferenceModel
 from .tokenizer import GPT2_NAMES, CharTokenizer, GPT2Tokenizer
-from .validation import check_device, check_dtype, check_path
+from .validation import check_device, check_dtype, check_path, fail_type
 
 DEFAULT_MODEL = "shakespeare-char"
 EMBED_KEY = "token_embedding.embedding.weight"
@@ -123,6 +123,10 @@ def save_pretrained(model: MiniGPTInferenceModel, tokenizer: CharTokenizer, dire
     """Write model.safetensors (without the tied head), config.json (+ metadata keys), vocab.json."""
     from safetensors.torch import save_file
 
+    if not isinstance(model, MiniGPTInferenceModel) or not isinstance(tokenizer, CharTokenizer):
+        fail_type("model, tokenizer", (type(model).__name__, type(tokenizer).__name__),
+                  "a MiniGPTInferenceModel and a CharTokenizer")
+    directory = check_path("directory", directory)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{model.config.vocab_size}")

@@ -64,6 +64,8 @@ class CharTokenizer:
     eos_token_id = None  # a character model has no end-of-text token; generation stops at max_new_tokens
 
     def __init__(self, chars: Sequence[str]):
+        if not isinstance(chars, (str, list, tuple)):
+            fail_type("chars", chars, "a str or a list of single characters, in id order")
         chars = list(chars)
         if not chars:
             raise ValueError("chars=[]: the vocabulary needs at least one character")
