@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 
@@ -16,7 +15,7 @@ from .batching import check_token_ids, pad_prompts, prompt_rows
 from .kv_cache import KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
-from .validation import fail_type
+from .validation import check_int, fail_type
 
 
 @dataclass
@@ -209,8 +208,7 @@ class AutoregressiveGenerator:
     def _prepare(self, prompt, max_new_tokens, sampler, use_cache, cache_kind, eos_token_id, pad_token_id) -> _Job:
         cfg = self.model.config
         rows, batched = prompt_rows(prompt, cfg.vocab_size)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 0")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)  # a numpy int would wrap in the sums below
         if not isinstance(use_cache, bool):
             raise ValueError(f"use_cache={use_cache!r}: must be True (KV cache) or False (recompute every step)")
         if cache_kind not in ("static", "dynamic"):

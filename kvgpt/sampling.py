@@ -8,7 +8,7 @@ entries become -inf; no step ever leaves a row without a finite entry. Introduce
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import torch
 
@@ -71,7 +71,7 @@ def seen_mask(history, vocab_size: int, batch_size: int = 1) -> torch.Tensor:
     Introduced in notebooks/06_sampling.ipynb.
     """
     if isinstance(history, torch.Tensor) and history.dtype == torch.bool:
-        if history.shape[-1] != vocab_size or history.numel() != batch_size * vocab_size:
+        if history.dim() not in (1, 2) or history.shape[-1] != vocab_size or history.numel() != batch_size * vocab_size:
             raise ValueError(f"history mask has shape {tuple(history.shape)}; need (B={batch_size}, V={vocab_size})")
         return history.reshape(batch_size, vocab_size)
     if isinstance(history, torch.Tensor):
