@@ -9,7 +9,7 @@ import io
 
 import pytest
 from helpers import random_model
-from hypothesis import event, given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from kvgpt import CharTokenizer, ModelConfig
@@ -33,6 +33,7 @@ def model_dir(tmp_path_factory):
     return str(save_pretrained(random_model(cfg, seed=4), CharTokenizer(CHARS), tmp_path_factory.mktemp("fuzzcli")))
 
 
+@settings(max_examples=100)
 @given(flag=st.sampled_from(FLAGS), value=VALUES)
 def test_fuzz_cli_every_flag(model_dir, flag, value):
     argv = ["generate", "--model", model_dir, "--prompt", "To be", "--max-new-tokens", "3", flag, value]
