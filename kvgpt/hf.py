@@ -16,7 +16,7 @@ import torch
 
 from .config import ModelConfig
 from .model import MiniGPTInferenceModel
-from .validation import check_device, check_dtype, check_path
+from .validation import check_device, check_dtype, check_path, fail_type
 
 # The one name map. kvgpt name -> HF GPT-2 name (without the optional "transformer." prefix).
 GLOBAL_NAMES = {
@@ -196,6 +196,8 @@ def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError as e:
         raise ImportError("to_hf needs transformers: pip install 'kvgpt[gpt2]'") from e
+    if not isinstance(model, MiniGPTInferenceModel):
+        fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
     c = model.config
     impl = attn_implementation or {"sdpa": "sdpa", "manual": "eager"}[c.attn_impl]
     eos = 50256 if c.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, only when the vocabulary has it

@@ -12,7 +12,8 @@ from numbers import Integral
 
 import torch
 
-from .validation import FP32, ArgumentTypeError, check_int, check_real, check_seed, check_tensor, fail_type, is_int
+from .validation import (FP32, ArgumentTypeError, check_draw, check_int, check_real, check_seed, check_tensor,
+                         fail_type, is_int)
 
 _NEG_INF = float("-inf")
 
@@ -225,28 +226,13 @@ def sample_from_probs(probs: torch.Tensor, generators: list[torch.Generator], ac
     Shapes: probs (B, V) -> (B,) long on probs' device; rows with active[b] False are not drawn (id 0).
     Introduced in notebooks/06_sampling.ipynb.
     """
-    _check_draw(generators, active, probs.size(0))
+    check_draw(generators, active, probs.size(0))
     cpu = probs.cpu()
     out = torch.zeros(probs.size(0), dtype=torch.long)
     for b, g in enumerate(generators):
         if active is None or active[b]:
             out[b] = torch.multinomial(cpu[b : b + 1], 1, generator=g)[0, 0]  # same call alone or in a batch
     return out.to(probs.device)
-
-
-def _check_draw(generators, active, batch_size: int) -> None:
-    """Before any generator advances: one CPU torch.Generator per row (None: the sampler's own), `active` None
-    or one bool per row."""
-    if generators is not None:
-        if not isinstance(generators, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generators):
-            fail_type("generators", generators, "a list of torch.Generator, one per row")
-        if len(generators) != batch_size:
-            raise ValueError(f"generators: got {len(generators)} for a batch of {batch_size} rows; need one per row")
-        if any(g.device.type != "cpu" for g in generators):
-            raise ValueError("generators must be CPU torch.Generators (rows are drawn on the CPU)")
-    if active is not None and (not isinstance(active, (list, tuple)) or len(active) != batch_size
-                               or not all(isinstance(a, bool) for a in active)):
-        raise ValueError(f"active={active!r}: must be None or a list of {batch_size} bools, one per row")
 
 
 class Sampler:
@@ -306,7 +292,7 @@ class Sampler:
         """
         x = self.process(logits, history)
         rows = x if x.dim() == 2 else x[None]  # (B, V)
-        _check_draw(generators, active, rows.size(0))  # before any generator is made or advanced
+        check_draw(generators, active, rows.size(0))  # before any generator is made or advanced
         if self.is_greedy:  # one finite entry per row is left: no draw, no generator advanced
             ids = rows.argmax(-1)
         else:

@@ -44,11 +44,12 @@ def is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+def check_int(name: str, value, low: int | None = None, high: int | None = None, allowed: str = "") -> int:
     """An int (numpy ints too, never bool) in low..high (inclusive, None = unbounded) -> int."""
-    allowed = "an int" + (f" >= {low}" if high is None and low is not None else "")
-    if low is not None and high is not None:
-        allowed = f"an int in {low}..{high}"
+    if not allowed:
+        allowed = "an int" + (f" >= {low}" if high is None and low is not None else "")
+        if low is not None and high is not None:
+            allowed = f"an int in {low}..{high}"
     if not is_int(value):
         fail_type(name, value, allowed)
     if (low is not None and value < low) or (high is not None and value > high):
@@ -58,7 +59,7 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
 
 def check_positive_int(name: str, value) -> int:
     """An int >= 1 -> int."""
-    return check_int(name, value, low=1)
+    return check_int(name, value, low=1, allowed="a positive int")
 
 
 def check_bool(name: str, value) -> bool:
@@ -207,12 +208,6 @@ def check_path(name: str, value) -> str:
     return text
 
 
-def check_finite_fp32(name: str, value) -> None:
-    """Refuse a float that is 0 < |value| < fp32's smallest normal, or beyond fp32's max (inf once cast)."""
-    if value != 0 and not FP32.tiny <= abs(value) <= FP32.max:
-        fail_value(name, value, f"0 or a magnitude in [{FP32.tiny:.4g}, {FP32.max:.4g}] (finite and nonzero in fp32)")
-
-
 def check_kv_append(k_new, v_new, stored: torch.Tensor | None, length: int, capacity: int | None) -> int:
     """T of a valid KV-cache append: k_new and v_new one floating (B, H, T, D) shape, dtype and device, matching
     the (B, H, ·, D), dtype and device of what is `stored`, with length + T within capacity (None: unbounded)."""
@@ -231,3 +226,18 @@ def check_kv_append(k_new, v_new, stored: torch.Tensor | None, length: int, capa
         raise ValueError(f"KV cache overflow: writing positions {length}..{length + t - 1} "
                          f"but capacity={capacity} (positions 0..{capacity - 1})")
     return t
+
+
+def check_draw(generators, active, batch_size: int) -> None:
+    """Before any generator advances: one CPU torch.Generator per row (None: the sampler's own), `active` None
+    or one bool per row."""
+    if generators is not None:
+        if not isinstance(generators, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generators):
+            fail_type("generators", generators, "a list of torch.Generator, one per row")
+        if len(generators) != batch_size:
+            raise ValueError(f"generators: got {len(generators)} for a batch of {batch_size} rows; need one per row")
+        if any(g.device.type != "cpu" for g in generators):
+            raise ValueError("generators must be CPU torch.Generators (rows are drawn on the CPU)")
+    if active is not None and (not isinstance(active, (list, tuple)) or len(active) != batch_size
+                               or not all(isinstance(a, bool) for a in active)):
+        raise ValueError(f"active={show(active)}: must be None or a list of {batch_size} bools, one per row")
