@@ -70,7 +70,7 @@ class DynamicKVCache(KVCache):
 
     def __init__(self, capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
         self.capacity = None if capacity is None else check_positive_int("capacity", capacity)
-        self.device, self.dtype = check_device("device", device), check_dtype("dtype", dtype)
+        self.device, self.dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self.length = 0
@@ -109,7 +109,7 @@ class StaticKVCache(KVCache):
                  device=None, dtype: torch.dtype | None = None) -> None:
         sizes = {"batch_size": batch_size, "n_heads": n_heads, "head_dim": head_dim, "capacity": capacity}
         batch_size, n_heads, head_dim, capacity = (check_positive_int(k, v) for k, v in sizes.items())
-        device, dtype = check_device("device", device), check_dtype("dtype", dtype)
+        device, dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
         self.shape = (batch_size, n_heads, capacity, head_dim)  # (B, H, capacity, D)
         self.capacity, self.length = capacity, 0
         self._k = self._v = None
@@ -159,7 +159,7 @@ class KVCacheManager:
         kind = check_choice("kind", kind, ("static", "dynamic"))
         batch_size = check_positive_int("batch_size", batch_size)
         capacity = config.block_size if capacity is None else check_int("capacity", capacity, 1, config.block_size)
-        device, dtype = check_device("device", device), check_dtype("dtype", dtype)
+        device, dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
         shape = (batch_size, config.n_heads, config.head_dim, capacity)
         self.layer_caches: list[KVCache] = [  # both kinds take capacity, device and dtype

@@ -144,11 +144,12 @@ def check_mask(name: str, mask, ids: torch.Tensor) -> torch.Tensor:
 _RUNS: dict[str, bool] = {}  # devices already proven to run: the check costs a kernel launch once per device
 
 
-def check_device(name: str, device) -> torch.device | None:
+def check_device(name: str, device, allow_meta: bool = False) -> torch.device | None:
     """None, or a device name / torch.device that exists here and runs a kernel -> torch.device.
 
     A name check is not enough: "meta" parses and allocates but computes nothing, "cuda" parses on a
-    CPU-only build; so a tiny tensor is computed on it and read back.
+    CPU-only build; so a tiny tensor is computed on it and read back. allow_meta: for caches, whose
+    bytes can be counted on "meta" without allocating (a model refuses to write into one: other device).
     """
     if device is None:
         return None
@@ -158,6 +159,8 @@ def check_device(name: str, device) -> torch.device | None:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
         raise ValueError(f"{name}={show(device)}: not a torch device name ({e})") from None
+    if dev.type == "meta" and allow_meta:
+        return dev
     if dev.type == "meta":
         raise ValueError(f"{name}={show(device)}: the meta device holds shapes but computes nothing; use cpu, cuda...")
     if str(dev) not in _RUNS:

@@ -46,7 +46,7 @@ def _tensor_state(t):
     """A tensor's storage address, shape, dtype and exact bytes (None stays None)."""
     if t is None:
         return None
-    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    raw = None if t.is_meta else t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     return (t.data_ptr(), tuple(t.shape), str(t.dtype), raw)
 
 

@@ -197,9 +197,17 @@ def test_devices_that_parse_but_cannot_run_are_refused(device, match):
     with pytest.raises(ValueError, match=match):
         check_device("device", device)
     with pytest.raises(ValueError, match=match):
-        KVCacheManager(cached_model().config, 1, device=device)
-    with pytest.raises(ValueError, match=match):
         load_pretrained("shakespeare-char", device=device)
+    if device != "meta":
+        with pytest.raises(ValueError, match=match):
+            KVCacheManager(cached_model().config, 1, device=device)
+
+
+def test_a_meta_cache_counts_bytes_but_a_model_will_not_write_into_it():
+    model = cached_model()
+    mgr = KVCacheManager(model.config, 2, device="meta")  # chapter 04 sizes GPT-2's cache this way
+    assert mgr.nbytes == 2 * 2 * 2 * 2 * 64 * 16 * 4
+    refused(lambda: model.prefill(IDS, mgr, torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])), mgr, match="on meta")
 
 
 def test_sampler_generators_are_checked_before_any_draw():
