@@ -195,10 +195,11 @@ class MiniGPTInferenceModel(nn.Module):
                              f"got {tuple(next_ids.shape)}")
         if not isinstance(cache, KVCacheManager):
             fail_type("cache", cache, "a KVCacheManager")
-        if type(position) is not int or position != cache.length:  # numpy ints pass check_int
-            if check_int("position", position, 0) != cache.length:
-                raise ValueError(f"position={position} but the cache holds {cache.length} slots; "
-                                 "the next token must go at position == cache length")
+        if type(position) is not int:  # a numpy int becomes an int; True, 3.0 or a tensor are refused
+            position = check_int("position", position, 0)
+        if position != cache.length:
+            raise ValueError(f"position={position} but the cache holds {cache.length} slots; "
+                             "the next token must go at position == cache length")
         if next_ids.size(0) != cache.batch_size:
             raise ValueError(f"next_ids has batch {next_ids.size(0)} but the cache has batch_size={cache.batch_size}")
         self._check_ids(next_ids, "next_ids")
