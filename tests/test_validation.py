@@ -413,3 +413,12 @@ def test_a_refused_generate_leaves_the_generator_and_sampler_as_they_were():
     for bad in (dict(max_new_tokens=-1), dict(eos_token_id=1.5), dict(cache_kind="paged"), dict(max_new_tokens=10**9)):
         refused(lambda: g.generate(**{"prompt": [1, 2], "max_new_tokens": 3, "sampler": s, **bad}), g, s,
                 match="max_new_tokens|eos_token_id|cache_kind")
+
+
+def test_set_padding_only_before_the_first_chunk_and_never_from_floats():
+    model = cached_model()
+    mgr = KVCacheManager(model.config, 2)
+    refused(lambda: mgr.set_padding(torch.tensor([[0.0, 1.0], [1.0, 1.0]])), mgr, match="dtype torch.float32")
+    with torch.no_grad():
+        model.prefill(IDS, mgr)
+    refused(lambda: mgr.set_padding(torch.tensor([[0, 1], [1, 1]])), mgr, match="already holds 4 slots")
