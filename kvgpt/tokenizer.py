@@ -151,9 +151,11 @@ class GPT2Tokenizer:
         if Path(name_or_dir).is_dir():
             self._tok, self._kind = _hf_tokenizer(Path(name_or_dir)), "transformers"
             self.vocab_size, self.eos_token_id = len(self._tok), self._tok.eos_token_id
+            self._id_limit = max(self._tok.get_vocab().values()) + 1  # ids may be sparse (0..255 and 50256)
         elif self.source in GPT2_NAMES:
             self._tok, self._kind = _tiktoken_gpt2(), "tiktoken"
             self.vocab_size, self.eos_token_id = self._tok.n_vocab, self._tok.eot_token
+            self._id_limit = self.vocab_size
         else:
             raise ValueError(f"name_or_dir={self.source!r}: expected a directory with tokenizer files "
                              f"or one of {GPT2_NAMES}")
@@ -168,9 +170,9 @@ class GPT2Tokenizer:
     def decode(self, ids) -> str:
         """ids -> str. A token that ends inside a multi-byte character decodes to U+FFFD on its own."""
         ids = _ids_to_list(ids)
-        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+        bad = next((i for i in ids if not 0 <= i < self._id_limit), None)
+        if bad is not None:  # a backend would raise deep inside (tiktoken) or fail on a None token (transformers)
+            raise ValueError(f"token id {bad} is outside the vocabulary's ids 0..{self._id_limit - 1}")
         return self._tok.decode(ids)
 
     def __repr__(self) -> str:

@@ -422,3 +422,19 @@ def test_set_padding_only_before_the_first_chunk_and_never_from_floats():
     with torch.no_grad():
         model.prefill(IDS, mgr)
     refused(lambda: mgr.set_padding(torch.tensor([[0, 1], [1, 1]])), mgr, match="already holds 4 slots")
+
+
+def test_gpt2_tokenizer_decode_checks_ids_against_a_sparse_vocabulary(tmp_path):
+    pytest.importorskip("transformers")
+    from test_tokenizer import _byte_encoder
+
+    vocab = {c: i for i, c in enumerate(_byte_encoder().values())} | {"<|endoftext|>": 50256}  # chapter 09's
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tok = GPT2Tokenizer(tmp_path)
+    assert tok.vocab_size == 257 and tok.decode(tok.encode("hi") + [50256]) == "hi<|endoftext|>"
+    for bad, error in (([50257], ValueError), ([-1], ValueError), ([1.5], TypeError), ("hi", TypeError)):
+        with pytest.raises(error, match="token id|ids"):
+            tok.decode(bad)
+    with pytest.raises(TypeError, match="text="):
+        tok.encode(b"hi")
