@@ -174,7 +174,7 @@ class MiniGPTInferenceModel(nn.Module):
         else:  # every check before set_padding: a refused call must not leave padding behind
             self._check_cache(cache, b, t)
         past = cache.length
-        self._check_context(past + t)
+        self._check_context(cache.context_end(t))  # past + t when every row has the same length
         if attention_mask is not None:
             if past:
                 raise ValueError("attention_mask (padding) is only accepted for the first chunk of a prompt")
