@@ -1,7 +1,8 @@
 """The KV cache: each layer keeps the keys and values it already computed, so a step only projects the new token.
 
 Two kinds behind one interface: DynamicKVCache grows by concatenation (simple, allocates every
-step); StaticKVCache writes into buffers allocated once (what serving engines do).
+step); StaticKVCache writes into full-length buffers allocated once (gpt-fast's and HF StaticCache's
+choice: static shapes for torch.compile and CUDA graphs; serving engines page the cache instead).
 Introduced in notebooks/04_kv_cache.ipynb.
 """
 
@@ -42,7 +43,11 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of memory the cache holds right now."""
+        """Bytes the cache's keys and values take by their shapes right now.
+
+        Computed from shapes, so it cannot see memory a view keeps alive behind them; the storage check
+        (kvgpt.benchmark.memory.measured_kv_bytes, notebooks/04) can.
+        """
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -145,9 +150,9 @@ class KVCacheManager:
         if not isinstance(capacity, int) or not 0 < capacity <= config.block_size:
             raise ValueError(f"capacity={capacity!r}: must be an int in 1..block_size={config.block_size}")
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        shape = (batch_size, config.n_heads, config.head_dim, capacity)
-        self.layer_caches: list[KVCache] = [
-            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
+        sizes = (batch_size, config.n_heads, config.head_dim, capacity)  # StaticKVCache's argument order
+        self.layer_caches: list[KVCache] = [  # static buffers are (B, H, capacity, D)
+            StaticKVCache(*sizes, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
             for _ in range(config.n_layers)
         ]
         self.pad_lengths: torch.Tensor | None = None
