@@ -1,7 +1,8 @@
 """The KV cache: each layer keeps the keys and values it already computed, so a step only projects the new token.
 
 Two kinds behind one interface: DynamicKVCache grows by concatenation (simple, allocates every
-step); StaticKVCache writes into buffers allocated once (what serving engines do).
+step); StaticKVCache writes into full-length buffers allocated once (gpt-fast's and HF StaticCache's
+choice: static shapes for torch.compile and CUDA graphs; serving engines page the cache instead).
 Introduced in notebooks/04_kv_cache.ipynb.
 """
 
@@ -49,7 +50,11 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of memory the cache holds right now."""
+        """Bytes the cache's keys and values take by their shapes right now.
+
+        Computed from shapes, so it cannot see memory a view keeps alive behind them; the storage check
+        (kvgpt.benchmark.memory.measured_kv_bytes, notebooks/04) can.
+        """
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -161,9 +166,9 @@ class KVCacheManager:
         capacity = config.block_size if capacity is None else check_int("capacity", capacity, 1, config.block_size)
         device, dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        shape = (batch_size, config.n_heads, config.head_dim, capacity)
-        self.layer_caches: list[KVCache] = [  # both kinds take capacity, device and dtype
-            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else
+        sizes = (batch_size, config.n_heads, config.head_dim, capacity)  # StaticKVCache's argument order
+        self.layer_caches: list[KVCache] = [  # static buffers are (B, H, capacity, D); both kinds take capacity, device, dtype
+            StaticKVCache(*sizes, device=device, dtype=dtype) if kind == "static" else
             DynamicKVCache(capacity, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]

@@ -36,6 +36,8 @@ def main() -> int:
     setup()
     model, tok = load_pretrained("shakespeare-char")
     ids = torch.tensor([tok.encode(LINE)])  # (1, T)
+    save(plots.architecture_diagram(model.config), "architecture.png")
+    save(plots.cached_vs_uncached(list("ROMEO:")), "cached_vs_uncached.png")
     weights = plots.attention_weights(model, ids, layer=0)[0]  # (H, T, T)
     save(plots.attention_heatmaps(weights, list(LINE), "layer 0 attention on a line of Romeo and Juliet"),
          "attention_heatmap.png")

@@ -32,8 +32,50 @@ def test_attention_weights_are_causal_rows_summing_to_one():
     assert isinstance(plots.position_similarity(model, 8), Figure)
 
 
+def _png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=50, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def test_heatmaps_have_colorbars_and_per_head_scale():
+    g = torch.Generator().manual_seed(0)
+    w = torch.softmax(torch.randn(2, 6, 6, generator=g).masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(),
+                                                                      float("-inf")), -1)  # (H, T, T)
+    fig = plots.attention_heatmaps(w, list("abcdef"))
+    assert len(fig.axes) == 4  # two heads, each with its colorbar
+    tops = [im.get_clim()[1] for ax in fig.axes[:2] for im in ax.get_images()]
+    visible = [w[h][torch.ones(6, 6, dtype=torch.bool).tril()] for h in range(2)]
+    assert tops == pytest.approx([float(v.quantile(0.98)) for v in visible]) and max(tops) < 1.0
+    fixed = plots.attention_heatmaps(w, list("abcdef"), per_head=False)
+    assert [im.get_clim() for ax in fixed.axes[:2] for im in ax.get_images()] == [(0, 1), (0, 1)]
+
+
+def test_new_pictures_are_byte_stable():
+    cfg = cached_model(n_layers=3).config
+    for make in (lambda: plots.architecture_diagram(cfg), lambda: plots.cached_vs_uncached(list("ROMEO:")),
+                 plots.attention_shapes):
+        assert _png(make()) == _png(make())
+    assert sum("KV cache, layer" in t.get_text() for t in plots.architecture_diagram(cfg).axes[0].texts) == 3
+
+
+def test_cached_vs_uncached_colours_the_work():
+    from kvgpt.plots.cache import CACHED, NEW, SAME
+
+    fig = plots.cached_vs_uncached(list("abcd"))
+    uncached, cached = ([p.get_facecolor() for p in ax.patches] for ax in fig.axes[:2])
+    rgba = lambda c: matplotlib.colors.to_rgba(c)  # noqa: E731
+    # no cache: 4 keys + 4 queries + 10 visible scores; new work only in the last key, query and score row
+    assert uncached.count(rgba(NEW)) == 1 + 1 + 4 and uncached.count(rgba(SAME)) == 3 + 3 + 6
+    # cache: 3 keys read, 1 new key, 1 query, a row of 4 scores; nothing recomputed
+    assert cached.count(rgba(CACHED)) == 3 and cached.count(rgba(NEW)) == 1 + 1 + 4 and rgba(SAME) not in cached
+
+
 def test_cache_and_batch_pictures():
-    assert isinstance(plots.kv_cache_fill([[3, 3], [4, 4]], slots=6), Figure)
+    assert len(plots.kv_cache_fill([[3, 3], [4, 4]], slots=6).axes) == 1  # layers agree: one panel
+    assert len(plots.kv_cache_fill([[3, 3], [4, 3]], slots=6).axes) == 2  # they disagree: one panel each
     assert isinstance(plots.cache_bytes([1, 2, 3], {"dynamic": [1, 2, 3], "static": [3, 3, 3]}), Figure)
     cfg = cached_model().config
     mgr = KVCacheManager(cfg, batch_size=2)
@@ -41,6 +83,8 @@ def test_cache_and_batch_pictures():
     fig = plots.plot_padding_mask(mgr.attention_mask(3), mgr.position_ids(3), ["a", "b"], mgr.pad_lengths)
     assert isinstance(fig, Figure)
     assert isinstance(plots.plot_step_latency({"cached": [1.0] * 12, "uncached": list(range(12))}), Figure)
+    log = plots.plot_step_latency({"cached": [1.0] * 12, "uncached": [100.0] * 12}, smooth=1, log=True)
+    assert log.axes[0].get_yscale() == "log"
 
 
 def test_distribution_pictures():

@@ -3,21 +3,25 @@
 matplotlib is imported inside the functions: the engine itself never needs it.
 """
 
-from .attention import attention_heatmaps, attention_weights, position_similarity
+from .attention import attention_heatmaps, attention_shapes, attention_weights, position_similarity
 from .batching import plot_padding_mask
 from .benchmark import plot_engine_latency, plot_position_latency, plot_throughput
-from .cache import cache_bytes, kv_cache_fill
+from .cache import cache_bytes, cached_vs_uncached, kv_cache_fill
 from .decoding import plot_step_latency
+from .model import architecture_diagram
 from .paging import plot_block_tables, plot_kv_memory
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
 
 __all__ = [
     "SAMPLING_SETTINGS",
+    "architecture_diagram",
     "attention_heatmaps",
+    "attention_shapes",
     "attention_weights",
     "plot_block_tables",
     "plot_kv_memory",
     "cache_bytes",
+    "cached_vs_uncached",
     "kv_cache_fill",
     "plot_distribution",
     "plot_engine_latency",

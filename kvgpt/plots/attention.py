@@ -58,25 +58,74 @@ def attention_weights(model, token_ids: torch.Tensor, layer: int) -> torch.Tenso
     return torch.softmax(scores, dim=-1)  # (B, H, T, T)
 
 
-def attention_heatmaps(weights: torch.Tensor, labels: list[str], title: str = ""):
-    """One heatmap per head: query positions down, key positions across.
+def attention_heatmaps(weights: torch.Tensor, labels: list[str], title: str = "", per_head: bool = True):
+    """One heatmap per head, queries down, keys across, each with its colorbar.
 
     Shapes: weights (H, T, T) for one sequence, labels T strings (e.g. its characters).
+    per_head=True scales each head's colours to its own 98th percentile of the visible weights (the first
+    queries see few keys and hold weights near 1 that would wash out the rest; darker is clipped, the
+    colorbar's arrow); per_head=False uses 0..1 for every head.
 
     Introduced in notebooks/03_attention.ipynb.
     """
     import matplotlib.pyplot as plt
 
     h = weights.size(0)
-    fig, axes = plt.subplots(1, h, figsize=(2.9 * h, 3.2), squeeze=False)
+    w = weights.detach().float().cpu()  # (H, T, T)
+    fig, axes = plt.subplots(1, h, figsize=(3.3 * h, 3.2), squeeze=False)
     shown = [repr(c)[1:-1] if c.strip() else "␣" for c in labels]  # make spaces and newlines visible
     for i, ax in enumerate(axes[0]):
-        ax.imshow(weights[i].detach().float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"head {i}", fontsize=9)
+        visible = w[i][torch.ones_like(w[i], dtype=torch.bool).tril()]  # the weights the causal mask allows
+        top = float(visible.quantile(0.98)) if per_head else 1.0
+        image = ax.imshow(w[i].numpy(), cmap="Blues", vmin=0, vmax=top)
+        ax.set_title(f"head {i}" + (f" (0..{top:.2f})" if per_head else ""), fontsize=9)
         ax.set_xticks(range(len(shown)), shown, fontsize=7)
         ax.set_yticks(range(len(shown)), shown, fontsize=7)
         ax.set_xlabel("key", fontsize=8)
+        bar = fig.colorbar(image, ax=ax, shrink=0.75, pad=0.02, extend="max" if per_head else "neither")
+        bar.ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("query", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def attention_shapes(t: int = 4, s: int = 6, d: int = 3):
+    """The shapes of one head's attention as blocks: Q (T, D) · Kᵀ (D, S) -> scores (T, S) -> softmax -> · V (S, D).
+
+    Drawn to scale in cells, with the causal mask's hidden scores left white (the last query sees all S keys).
+
+    Introduced in notebooks/03_attention.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(10, 2.9))
+    visible = causal_mask(t, s).tolist()  # (T, S) nested lists, True = may attend
+
+    def block(x0, rows, cols, color, label, hidden=None):
+        for r in range(rows):
+            for c in range(cols):
+                face = "white" if hidden is not None and not hidden[r][c] else color
+                ax.add_patch(Rectangle((x0 + c, -r - 1), 1, 1, facecolor=face, edgecolor="#555555", lw=0.6))
+        ax.text(x0 + cols / 2, 0.5, label, ha="center", va="bottom", fontsize=9)
+        return x0 + cols
+
+    x = block(0, t, d, "#dd8452", f"Q (T={t}, D={d})")
+    ax.text(x + 0.6, -t / 2, "·", fontsize=18, ha="center", va="center")
+    x = block(x + 1.2, d, s, "#4c72b0", f"Kᵀ (D={d}, S={s})")
+    ax.text(x + 0.9, -t / 2, "→", fontsize=16, ha="center", va="center")
+    x = block(x + 1.8, t, s, "#8172b3", "scores (T, S) / √D", visible)
+    ax.text(x + 1.4, -t / 2, "softmax\nper row\n→", fontsize=9, ha="center", va="center")
+    x = block(x + 2.8, t, s, "#937860", "weights (T, S)", visible)
+    ax.text(x + 0.6, -t / 2, "·", fontsize=18, ha="center", va="center")
+    x = block(x + 1.2, s, d, "#55a868", f"V (S={s}, D={d})")
+    ax.text(x + 0.9, -t / 2, "→", fontsize=16, ha="center", va="center")
+    x = block(x + 1.8, t, d, "#c44e52", f"out (T={t}, D={d})")
+    ax.set(xlim=(-0.5, x + 0.5), ylim=(-max(s, t) - 1.2, 2), aspect="equal")
+    ax.axis("off")
+    ax.set_title("one head: white scores are masked (−∞ before softmax, weight 0 after); "
+                 "every one of the B·H heads does the same", fontsize=9)
+    fig.tight_layout()
+    return fig
+
