@@ -168,6 +168,14 @@ class KVCacheManager:
         """Slots filled so far (the same in every layer after a complete model call)."""
         return self.layer_caches[0].length
 
+    def context_end(self, t: int) -> int:
+        """The last position + 1 that t new tokens per row reach: what the model checks against block_size.
+
+        One length for every row here; a paged batch (kvgpt/serving/paged.py) has one per row and reports the
+        largest. Introduced in notebooks/10_paged_attention.ipynb.
+        """
+        return self.length + t
+
     @property
     def nbytes(self) -> int:
         """Bytes held by all layers: 2 * L * B * H * S * D * element size (S = capacity if static)."""

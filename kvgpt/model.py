@@ -153,7 +153,7 @@ class MiniGPTInferenceModel(nn.Module):
         elif cache.batch_size != b:
             raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={cache.batch_size}")
         past = cache.length
-        self._check_context(past + t)
+        self._check_context(cache.context_end(t))  # past + t when every row has the same length
         if attention_mask is not None:
             if past:
                 raise ValueError("attention_mask (padding) is only accepted for the first chunk of a prompt")

@@ -1,0 +1,197 @@
+"""PagedKVCache: the unchanged model forward over block pools gives the static cache's logits, writes only real
+tokens into the slots its block tables name, never writes a shared block in place, and fails loudly."""
+
+import pytest
+import torch
+from helpers import cached_model, record_diff
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvgpt import KVCacheManager
+from kvgpt.serving import NoFreeBlocksError, PagedKVCache
+
+SENTINEL = 7.0  # what an untouched pool slot holds in these tests
+
+
+def _paged_call(model, cache, rows):
+    """One model call over the paged cache: rows = [(seq_id, token ids to append)]. -> logits (B, T, V)."""
+    t = max(len(toks) for _, toks in rows)
+    ids = torch.zeros(len(rows), t, dtype=torch.long)  # (B, T), left-padded
+    for b, (s, toks) in enumerate(rows):
+        cache.reserve(s, cache.lengths[s] + len(toks))
+        ids[b, t - len(toks) :] = torch.tensor(toks)
+    batch = cache.batch([s for s, _ in rows], [len(toks) for _, toks in rows])
+    with torch.inference_mode():
+        logits = model.prefill(ids, batch)  # (B, T, V): the same forward Part I uses
+    return logits
+
+
+def _static_logits(model, chunks):
+    """The reference: Part I's static cache, the same chunks appended in order. -> [(n, V) per chunk]."""
+    mgr = KVCacheManager(model.config, 1, "static")
+    with torch.inference_mode():
+        return [model.prefill(torch.tensor([c]), mgr)[0] for c in chunks]
+
+
+@st.composite
+def schedules(draw):
+    """Sequences (token lists) and a random interleaving of chunks: which rows each call carries, how many tokens."""
+    block_size = draw(st.integers(1, 8))
+    seqs = [draw(st.lists(st.integers(0, 66), min_size=1, max_size=24)) for _ in range(draw(st.integers(1, 4)))]
+    done, calls = [0] * len(seqs), []
+    while any(d < len(s) for d, s in zip(done, seqs)):
+        open_rows = [i for i, s in enumerate(seqs) if done[i] < len(s)]
+        chosen = draw(st.lists(st.sampled_from(open_rows), min_size=1, unique=True))
+        call = []
+        for i in chosen:
+            n = draw(st.integers(1, len(seqs[i]) - done[i]))
+            call.append((i, seqs[i][done[i] : done[i] + n]))
+            done[i] += n
+        calls.append(call)
+    return block_size, seqs, calls
+
+
+@given(schedules(), st.sampled_from(["sdpa", "manual"]))
+def test_paged_logits_equal_static_cache_logits(schedule, impl):
+    block_size, seqs, calls = schedule
+    model = cached_model(attn_impl=impl)
+    blocks = sum(-(-len(s) // block_size) for s in seqs)
+    cache = PagedKVCache(model.config, blocks + 2, block_size)
+    for i, s in enumerate(seqs):
+        cache.add_sequence(i)
+    got = {i: [] for i in range(len(seqs))}
+    for call in calls:
+        logits = _paged_call(model, cache, call)
+        assert torch.isfinite(logits).all()  # padding queries saw at least one key
+        t = logits.size(1)
+        for b, (i, toks) in enumerate(call):
+            got[i].append(logits[b, t - len(toks) :])
+            cache.commit(i, len(toks), seqs[i])
+    for i, s in enumerate(seqs):
+        chunks = [toks for call in calls for j, toks in call if j == i]
+        want = torch.cat(_static_logits(model, chunks))
+        diff = record_diff("paged vs static logits", (torch.cat(got[i]) - want).abs().max())
+        assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+def test_block_boundary_crossed_mid_prefill_and_mid_decode(impl):
+    model = cached_model(attn_impl=impl)
+    cache = PagedKVCache(model.config, 8, block_size=4)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    cache.add_sequence(0)
+    cache.add_sequence(1)
+    calls = [[(0, tokens[:6]), (1, tokens[:2])],  # row 0's prefill crosses slot 4 (block 0 -> block 1)
+             [(0, tokens[6:7]), (1, tokens[2:5])],  # row 1's chunk crosses the boundary beside a decode row
+             [(0, tokens[7:8]), (1, tokens[5:6])], [(0, tokens[8:9])]]  # row 0 decodes into block 2 at slot 8
+    got = {0: [], 1: []}
+    for call in calls:
+        logits = _paged_call(model, cache, call)
+        for b, (i, toks) in enumerate(call):
+            got[i].append(logits[b, logits.size(1) - len(toks) :])
+            cache.commit(i, len(toks), tokens)
+    assert len(cache.tables[0]) == 3 and cache.lengths == {0: 9, 1: 6}
+    for i in (0, 1):
+        want = torch.cat(_static_logits(model, [toks for call in calls for j, toks in call if j == i]))
+        assert (torch.cat(got[i]) - want).abs().max() <= 1e-5
+
+
+@given(schedules())
+def test_only_real_tokens_are_written_and_only_where_the_table_says(schedule):
+    block_size, seqs, calls = schedule
+    model = cached_model()
+    cache = PagedKVCache(model.config, sum(-(-len(s) // block_size) for s in seqs) + 3, block_size)
+    for pool in cache.k_pools + cache.v_pools:
+        pool.fill_(SENTINEL)
+    for i in range(len(seqs)):
+        cache.add_sequence(i)
+    for call in calls:
+        _paged_call(model, cache, call)
+        for i, toks in call:
+            cache.commit(i, len(toks), seqs[i])
+    written = torch.zeros(cache.allocator.num_blocks * block_size, dtype=torch.bool)
+    for i, table in cache.tables.items():
+        for pos in range(cache.lengths[i]):
+            written[table[pos // block_size] * block_size + pos % block_size] = True
+    for pool in cache.k_pools + cache.v_pools:
+        changed = (pool != SENTINEL).any(-1).any(-1).flatten()  # (num_blocks * block_size,)
+        assert torch.equal(changed, written)  # padding never reached the pool; nothing outside the tables did
+
+
+def test_shared_block_is_copied_on_write_and_the_original_stays_intact():
+    model = cached_model()
+    cache = PagedKVCache(model.config, 6, block_size=4)
+    prompt, a, b = [5, 6, 7, 8, 9, 10], [11, 12], [13, 14]
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, prompt)])
+    cache.commit(0, len(prompt), prompt)
+    cache.fork_sequence(0, 1)  # both continuations share block 1, which is only half full
+    shared = cache.tables[0][1]
+    before = [pool[shared].clone() for pool in cache.k_pools]
+    got_b = _paged_call(model, cache, [(1, b)])[0]
+    assert cache.tables[1][1] != shared and cache.tables[1][0] == cache.tables[0][0]  # copied, prefix still shared
+    assert all(torch.equal(pool[shared], old) for pool, old in zip(cache.k_pools, before))
+    got_a = _paged_call(model, cache, [(0, a)])[0]
+    assert (got_a - _static_logits(model, [prompt, a])[1]).abs().max() <= 1e-5
+    assert (got_b - _static_logits(model, [prompt, b])[1]).abs().max() <= 1e-5
+
+
+def test_block_freed_while_in_use_is_caught():
+    model = cached_model()
+    cache = PagedKVCache(model.config, 4, block_size=4)
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, [1, 2, 3])])
+    cache.commit(0, 3, [1, 2, 3])
+    cache.allocator.free(cache.tables[0][0])  # behind the table's back
+    with pytest.raises(ValueError, match="freed while still in its table"):
+        cache.batch([0], [1])
+    with pytest.raises(ValueError, match="double free"):
+        cache.free_sequence(0)
+
+
+def test_writing_beyond_reserved_blocks_raises_and_pool_exhaustion_is_all_or_nothing():
+    model = cached_model()
+    cache = PagedKVCache(model.config, 3, block_size=2)
+    cache.add_sequence(0)
+    with pytest.raises(ValueError, match="reserve\\(\\) first"):
+        cache.batch([0], [1])
+    cache.reserve(0, 5)
+    assert len(cache.tables[0]) == 3 and cache.allocator.num_free == 0
+    cache.add_sequence(1)
+    with pytest.raises(NoFreeBlocksError, match="needs 1 more blocks"):
+        cache.reserve(1, 2)
+    assert cache.tables[1] == [] and cache.allocator.num_free == 0
+    cache.free_sequence(0)
+    cache.free_sequence(1)
+    assert cache.allocator.num_free == 3
+
+
+def test_pool_bytes_are_read_from_storage_and_allocated_once():
+    model = cached_model()
+    cfg = model.config
+    cache = PagedKVCache(cfg, 5, block_size=4)
+    assert cache.nbytes == 2 * cfg.n_layers * 5 * 4 * cfg.n_heads * cfg.head_dim * 4  # K and V, fp32
+    assert cache.bytes_per_slot == 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 4
+    ptrs = [p.data_ptr() for p in cache.k_pools]
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, [1, 2, 3, 4, 5])])
+    cache.commit(0, 5, [1, 2, 3, 4, 5])
+    assert [p.data_ptr() for p in cache.k_pools] == ptrs and cache.slots_used() == 5
+
+
+def test_context_check_is_per_row_and_part_one_manager_unchanged():
+    model = cached_model(block_size=16)
+    cache = PagedKVCache(model.config, 8, block_size=4)
+    cache.add_sequence(0)
+    cache.add_sequence(1)
+    _paged_call(model, cache, [(0, list(range(15)))])
+    cache.commit(0, 15, list(range(15)))
+    # row 0 decodes at position 15 (its end is 16 = block_size) beside a 10-token prefill: allowed
+    logits = _paged_call(model, cache, [(0, [1]), (1, list(range(10)))])
+    assert torch.isfinite(logits).all()
+    cache.commit(0, 1, list(range(16)))
+    cache.commit(1, 10, list(range(10)))
+    with pytest.raises(ValueError, match="17 positions exceed"):
+        _paged_call(model, cache, [(0, [2])])
+    mgr = KVCacheManager(model.config, 1)
+    assert mgr.context_end(3) == 3
