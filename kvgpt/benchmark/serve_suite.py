@@ -68,14 +68,14 @@ def serve_model(name: str, model, mode: str, peer: dict | None) -> dict:
     table = pd.DataFrame(rows).assign(model=name)
     table["x_static"] = table.tokens_per_s / table.tokens_per_s.iloc[0]
     trace = pd.DataFrame(engine_memory_trace(make_engine(model, requests), requests)).assign(model=name)
-    memory = pd.DataFrame(kv_memory(model, requests, ENGINE["block_size"], ENGINE["max_num_seqs"]))
+    memory = kv_memory(model, requests, ENGINE["block_size"], ENGINE["max_num_seqs"])
     busy = trace[trace.allocated_bytes > 0]
-    memory.loc[len(memory)] = {"layout": "paged, measured in an LLMEngine run (mean over steps)", "requests": len(requests),
-                               "reserved_bytes": busy.allocated_bytes.mean(), "used_bytes": busy.used_bytes.mean(),
-                               "utilization": statistics.fmean(busy.used_bytes / busy.allocated_bytes),
-                               "bytes_per_slot": memory.bytes_per_slot.iloc[0]}
+    memory.append({"layout": "paged, measured in an LLMEngine run (mean over steps)", "requests": len(requests),
+                   "reserved_bytes": busy.allocated_bytes.mean(), "used_bytes": busy.used_bytes.mean(),
+                   "utilization": statistics.fmean(busy.used_bytes / busy.allocated_bytes),
+                   "bytes_per_slot": memory[0]["bytes_per_slot"]})
     overhead = step_overhead(lambda m: make_engine(m, requests), model, requests)
-    return {"throughput": table, "memory": memory.assign(model=name), "memory_trace": trace,
+    return {"throughput": table, "memory": pd.DataFrame(memory).assign(model=name), "memory_trace": trace,
             "overhead": pd.DataFrame([overhead]).assign(model=name), "gantt": runs[NAMES[1]].steps}
 
 

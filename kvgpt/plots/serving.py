@@ -78,7 +78,7 @@ def plot_serving(throughput):
     fig, axes = _figure(3, width=4.2, height=3.6)
     panels = (("tokens_per_s", "useful tokens/s (higher is better)"), ("ttft_p50_ms", "time to first token, p50 (ms)"),
               ("itl_p99_ms", "inter-token latency p99 (ms)"))
-    engines = list(ENGINE_COLORS)
+    engines = [e for e in ENGINE_COLORS if e in set(throughput.engine)]
     width = 0.8 / len(engines)
     for ax, (col, title) in zip(axes, panels):
         for j, engine in enumerate(engines):

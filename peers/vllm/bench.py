@@ -79,9 +79,9 @@ def bench_model(name: str, mode: str) -> dict:
 
 
 def bench_prefix(mode: str) -> dict:
-    """The shared-system-prompt workload (kvgpt.benchmark.serving_prefix) with and without prefix caching."""
+    """The shared-system-prompt workload (kvgpt.benchmark.serving_report) with and without prefix caching."""
     from kvgpt.benchmark.serving import summarize
-    from kvgpt.benchmark.serving_prefix import prefix_workload
+    from kvgpt.benchmark.serving_report import prefix_workload
 
     model = c.build("shakespeare-char")
     requests = prefix_workload(quick=mode == "quick")
