@@ -33,6 +33,7 @@ from kvgpt.benchmark.serving_report import (
     kv_memory,
     prefix_prompts,
     prefix_workload,
+    record_plans,
     slot_bytes,
     step_overhead,
 )
@@ -57,6 +58,8 @@ def test_static_batching_equals_each_request_alone(n, max_num_seqs, seed):
     # every step lists the rows that made a token; each request's tokens come out in time order
     assert sum(len(s) for s in timeline.steps) == sum(r.max_new_tokens for r in requests)
     assert all(ts == sorted(ts) for ts in timeline.times)
+    # the rows fed but finished are exactly the wasted row-steps counted from the lengths
+    assert sum(len(s) for s in timeline.idle) == wasted_row_steps(requests, max_num_seqs)["wasted"]
 
 
 def test_continuous_batching_timeline_equals_alone_and_rows_join_and_leave():
@@ -68,6 +71,18 @@ def test_continuous_batching_timeline_equals_alone_and_rows_join_and_leave():
     first = {r: min(i for i, s in enumerate(timeline.steps) if r in s) for r in range(len(requests))}
     last = {r: max(i for i, s in enumerate(timeline.steps) if r in s) for r in range(len(requests))}
     assert any(first[b] > last[a] for a in first for b in first), "no request ever joined after another left"
+
+
+def test_recorded_plans_respect_the_token_budget_and_chunk_long_prompts():
+    model = cached_model(**MODEL)
+    requests = [Request(tuple(range(1, 41)), 3)] + _requests(4)
+    engine = LLMEngine(model, block_size=4, max_num_seqs=4, max_num_batched_tokens=12)
+    plans = record_plans(engine)
+    assert continuous_batching(engine, requests).tokens == tokens_alone(model, requests)
+    assert all(sum(n for _, n, _ in plan) <= 12 for plan in plans)
+    chunks = [n for plan in plans for rid, n, decode in plan if rid == 0 and not decode]
+    assert sum(chunks) == 40 and len(chunks) >= 4 and max(chunks) <= 12
+    assert any(len({d for _, _, d in plan}) == 2 for plan in plans), "no step mixed decode rows with a prompt chunk"
 
 
 def test_summarize_counts_useful_tokens_ttft_and_gaps():

@@ -32,6 +32,7 @@ class Timeline:
     steps: list = field(default_factory=list)  # steps[s]: request indices that got a token at step s
     step_s: list = field(default_factory=list)  # step_s[s]: wall seconds of step s
     wall_s: float = 0.0
+    idle: list = field(default_factory=list)  # idle[s]: rows that ran at step s but made nothing asked for
 
     @classmethod
     def empty(cls, n: int) -> "Timeline":
@@ -89,8 +90,8 @@ def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> T
             now = time.perf_counter()
             timeline.step_s.append(now - last)
             last = now
-            live = [r for r, n in zip(batch, wanted) if step < n]
-            timeline.steps.append(live)
+            timeline.steps.append([r for r, n in zip(batch, wanted) if step < n])
+            timeline.idle.append([r for r, n in zip(batch, wanted) if step >= n])  # finished, still fed
             for r, n, token in zip(batch, wanted, ids):
                 if step < n:
                     timeline.record(r, token, now - start)

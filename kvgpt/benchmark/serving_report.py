@@ -79,6 +79,23 @@ def engine_memory_trace(engine, requests: list[Request]) -> list[dict]:
     return rows
 
 
+def record_plans(engine) -> list:
+    """Record what the engine's scheduler plans each step: a list that gets one [(request_id, tokens, decode?)] per
+    step() from now on (the scheduler's schedule() is wrapped, nothing else changes).
+
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    plans, schedule = [], engine.scheduler.schedule
+
+    def recorded():
+        plan = schedule()
+        plans.append([(seq.request_id, n, seq.is_decode) for seq, n in plan])
+        return plan
+
+    engine.scheduler.schedule = recorded
+    return plans
+
+
 class TimedModel:
     """Wraps a model so an engine's model calls are timed (prefill seconds, calls, token-rows B x T) apart from
     the engine's own Python work. Everything else is the model's. Introduced in notebooks/11_continuous_batching.ipynb.
