@@ -48,6 +48,9 @@ def kvgpt_tokens(model, requests) -> dict:
 def check_model(name: str) -> dict:
     from kvgpt.benchmark.workload import SERVE_WORKLOADS, serve_workload
 
+    import torch
+
+    torch.set_num_threads(1)  # tokens do not depend on it; on a shared 2-core machine 1 thread is far faster
     model = c.build(name)
     requests = serve_workload(name, model.config, "parity")
     started = time.perf_counter()
