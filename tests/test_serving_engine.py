@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvgpt import AutoregressiveGenerator, Sampler
-from kvgpt.serving import LLMEngine, StepOutput
+from kvgpt.serving import LLMEngine, NoFreeBlocksError, StepOutput
 
 
 def _solo(model, prompt, max_new, sampler, eos):
@@ -199,3 +199,13 @@ def test_invalid_requests_raise_before_any_state_changes():
                          ("max_num_batched_tokens", {"max_num_batched_tokens": -1}), ("num_blocks", {"num_blocks": 0})]:
         with pytest.raises(ValueError, match=name):
             LLMEngine(model, **kwargs)
+
+
+def test_pool_held_elsewhere_gives_a_clear_error_instead_of_spinning():
+    model = cached_model()
+    engine = LLMEngine(model, block_size=4, num_blocks=4)
+    engine.cache.add_sequence(-1)
+    engine.cache.reserve(-1, 16)  # every block held by something the scheduler cannot preempt
+    engine.add_request([1, 2, 3], 2)
+    with pytest.raises(NoFreeBlocksError, match="nothing is running and only 0 of 4 blocks are free"):
+        engine.step()

@@ -15,6 +15,7 @@ import torch
 
 from ..batching import check_token_ids
 from ..sampling import Sampler, greedy, row_generators, seen_mask
+from .blocks import NoFreeBlocksError
 from .paged import PagedKVCache
 from .scheduler import EngineStats, Scheduler, Sequence
 
@@ -103,6 +104,10 @@ class LLMEngine:
         """One model call over the scheduled rows; -> the tokens it made (rows mid-prompt make none)."""
         plan = self.scheduler.schedule()
         if not plan:
+            if self.scheduler.waiting and not self.scheduler.running:  # nothing can free a block: never spin
+                seq, free = self.scheduler.waiting[0], self.cache.allocator.num_free
+                raise NoFreeBlocksError(f"request {seq.request_id} waits for KV blocks, nothing is running and only "
+                                        f"{free} of {self.cache.allocator.num_blocks} blocks are free (held elsewhere?)")
             return []
         nums, t = [n for _, n in plan], max(n for _, n in plan)
         ids = torch.zeros(len(plan), t, dtype=torch.long)  # (B, T), each row's tokens right-aligned
