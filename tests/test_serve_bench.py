@@ -1,4 +1,7 @@
-"""Serving benchmarks (kvgpt.benchmark.serving*, serve_suite): what they count and compare, on tiny models. No timing."""
+"""Serving benchmarks (kvgpt.benchmark.serving*, serve_suite): what they count and compare, on tiny models.
+
+No timing is asserted anywhere.
+"""
 
 from __future__ import annotations
 

@@ -135,7 +135,8 @@ def run_serve_bench(quick: bool = True, models=MODELS, threads: int | None = 1, 
     """Every serving table -> {"throughput", "memory", "memory_trace", "overhead", "prefix", "targets", "meta"}.
 
     threads: torch threads for the run (default 1: on a shared 2-core machine, 2 OpenMP threads per process
-    collapse under load; vLLM's worker is bound to the same count). Introduced in notebooks/11_continuous_batching.ipynb.
+    collapse under load; vLLM's worker is bound to the same count).
+    Introduced in notebooks/11_continuous_batching.ipynb.
     """
     from .suite import build_model
 
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         for key in ("throughput", "memory", "overhead", "prefix", "targets"):
             if key in results:
-                print(f"\n== {key} ==\n{results[key].drop(columns=['mismatch'], errors='ignore').to_string(index=False)}")
+                table = results[key].drop(columns=["mismatch"], errors="ignore")
+                print(f"\n== {key} ==\n{table.to_string(index=False)}")
     for path in write_results(results, Path(args.out), prefix, figures=_figures):
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -16,7 +16,8 @@ from .memory import measured_kv_bytes
 from .workload import Request
 
 SYSTEM_PROMPT = ("You are the Chorus of a company of players. Answer each question in verse, in the voice of the "
-                 "speaker named, briefly, as the play would have it; keep to the scene, and end every speech well, friend.\n")
+                 "speaker named, briefly, as the play would have it; keep to the scene, "
+                 "and end every speech well, friend.\n")
 SPEAKERS = ("ROMEO", "JULIET", "HAMLET", "OPHELIA", "LEAR", "CORDELIA", "MACBETH", "PORTIA", "BRUTUS", "VIOLA")
 QUESTIONS = ("What light is this?", "Where goest thou?", "Who knocks there?", "Why weep you so?", "What news?")
 
@@ -132,6 +133,7 @@ def step_overhead(engine_factory, model, requests: list[Request]) -> dict:
     wall = time.perf_counter() - start
     real = engine.stats.prefill_tokens + engine.stats.decode_tokens
     return {"steps": steps, "wall_s": wall, "model_s": timed.seconds, "engine_python_s": wall - timed.seconds,
-            "engine_ms_per_step": (wall - timed.seconds) / steps * 1e3, "model_ms_per_step": timed.seconds / steps * 1e3,
+            "engine_ms_per_step": (wall - timed.seconds) / steps * 1e3,
+            "model_ms_per_step": timed.seconds / steps * 1e3,
             "token_rows_real": real, "token_rows_computed": timed.rows,
             "computed_per_real": timed.rows / real if real else float("nan")}

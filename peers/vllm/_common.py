@@ -43,7 +43,8 @@ def versions() -> dict:
     import torch
 
     out.update({"python": platform.python_version(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                "torch_threads": torch.get_num_threads(),
+                "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return out
 
@@ -77,7 +78,8 @@ def make_llm(directory: Path, max_model_len: int, enable_prefix_caching: bool = 
     from vllm import LLM
 
     return LLM(model=str(directory), skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
-               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, seed=0, block_size=VLLM_BLOCK_SIZE,
+               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, seed=0,
+               block_size=VLLM_BLOCK_SIZE,
                **ENGINE_ARGS)
 
 

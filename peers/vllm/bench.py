@@ -117,7 +117,8 @@ def main(argv=None) -> int:
                    wall_s=round(time.perf_counter() - started, 1),
                    engine_args={**c.ENGINE_ARGS, "block_size": c.VLLM_BLOCK_SIZE},
                    VLLM_CPU_OMP_THREADS_BIND=os.environ["VLLM_CPU_OMP_THREADS_BIND"],
-                   command=f"make vllm-bench  (.venv-vllm/bin/python peers/vllm/bench.py{' --quick' if args.quick else ''})")
+                   command="make vllm-bench  (.venv-vllm/bin/python peers/vllm/bench.py"
+                           + (" --quick)" if args.quick else ")"))
     c.write_json(out, results)
     return 0
 

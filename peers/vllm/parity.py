@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     ok = all(all(r["equal"].values()) for r in results.values())
     c.write_json(c.Path(args.out), {"all_equal": ok, "models": results, "versions": c.versions(),
                                     "engine_args": {**c.ENGINE_ARGS, "kvgpt block_size": c.KVGPT_BLOCK_SIZE,
-                                                    "vllm block_size": c.VLLM_BLOCK_SIZE}, "command": "make vllm-parity"})
+                                                    "vllm block_size": c.VLLM_BLOCK_SIZE},
+                                    "command": "make vllm-parity"})
     print("parity: " + ("all engines gave identical greedy tokens" if ok else "TOKENS DIFFER (see the JSON)"))
     return 0 if ok else 1
 
