@@ -195,3 +195,23 @@ def test_context_check_is_per_row_and_part_one_manager_unchanged():
         _paged_call(model, cache, [(0, [2])])
     mgr = KVCacheManager(model.config, 1)
     assert mgr.context_end(3) == 3
+
+
+def test_paging_pictures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from kvgpt.plots import plot_block_tables, plot_kv_memory
+
+    model = cached_model()
+    cache = PagedKVCache(model.config, 6, block_size=4)
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, [1, 2, 3, 4, 5])])
+    cache.commit(0, 5, [1, 2, 3, 4, 5])
+    cache.fork_sequence(0, 1)
+    assert isinstance(plot_block_tables(cache, {0: "a", 1: "b"}), Figure)
+    assert isinstance(plot_kv_memory({"static": (10, 100), "paged": (10, 12)}), Figure)
+    plt.close("all")

@@ -8,12 +8,15 @@ from .batching import plot_padding_mask
 from .benchmark import plot_engine_latency, plot_position_latency, plot_throughput
 from .cache import cache_bytes, kv_cache_fill
 from .decoding import plot_step_latency
+from .paging import plot_block_tables, plot_kv_memory
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
 
 __all__ = [
     "SAMPLING_SETTINGS",
     "attention_heatmaps",
     "attention_weights",
+    "plot_block_tables",
+    "plot_kv_memory",
     "cache_bytes",
     "kv_cache_fill",
     "plot_distribution",

@@ -96,6 +96,9 @@ class PagedKVCache:
 
     def free_sequence(self, seq_id: int) -> None:
         """Return seq_id's blocks, last block first, so LRU eviction takes a prefix's tail before its head."""
+        freed = [b for b in self.tables[seq_id] if self.allocator.ref_counts[b] == 0]
+        if freed:  # checked first, so a failed free changes nothing
+            raise ValueError(f"sequence {seq_id}: block(s) {freed} are not in use (refcount 0): double free")
         for block in reversed(self.tables.pop(seq_id)):
             self.allocator.free(block)
         del self.lengths[seq_id], self.hashes[seq_id]

@@ -51,10 +51,11 @@ class EngineStats:
 
     prefill_tokens counts prompt (and recomputed) tokens run through the model, decode_tokens the one-token
     rows that feed a freshly generated token; padded_tokens = B * T summed over calls (what the model computed,
-    padding included). Introduced in notebooks/10_paged_attention.ipynb.
+    padding included; a step makes up to two calls, decode rows and prompt chunks). Introduced in notebooks/10_paged_attention.ipynb.
     """
 
     steps: int = 0
+    model_calls: int = 0
     prefill_tokens: int = 0
     decode_tokens: int = 0
     padded_tokens: int = 0
