@@ -70,7 +70,8 @@ def serve_model(name: str, model, mode: str, peer: dict | None) -> dict:
     trace = pd.DataFrame(engine_memory_trace(make_engine(model, requests), requests)).assign(model=name)
     memory = kv_memory(model, requests, ENGINE["block_size"], ENGINE["max_num_seqs"])
     busy = trace[trace.allocated_bytes > 0]
-    memory.append({"layout": "paged, measured in an LLMEngine run (mean over steps)", "requests": len(requests),
+    memory.append({"layout": f"paged, LLMEngine run ({ENGINE['max_num_seqs']} seats, mean per step)",
+                   "requests": len(requests),
                    "reserved_bytes": busy.allocated_bytes.mean(), "used_bytes": busy.used_bytes.mean(),
                    "utilization": statistics.fmean(busy.used_bytes / busy.allocated_bytes),
                    "bytes_per_slot": memory[0]["bytes_per_slot"]})
