@@ -33,6 +33,7 @@ class Timeline:
     step_s: list = field(default_factory=list)  # step_s[s]: wall seconds of step s
     wall_s: float = 0.0
     idle: list = field(default_factory=list)  # idle[s]: rows that ran at step s but made nothing asked for
+    cpu_s: float = float("nan")  # CPU seconds the serving process(es) used: on a busy machine, wall time is not work
 
     @classmethod
     def empty(cls, n: int) -> "Timeline":
@@ -57,7 +58,8 @@ def summarize(timeline: Timeline) -> dict:
     """Useful tokens/s, time to first token and inter-token latency (p50/p99, ms) of one run.
 
     Useful tokens are the ones a request asked for (static batching's padding steps are not counted).
-    Per-token latency is the gap between consecutive tokens of the same request.
+    Per-token latency is the gap between consecutive tokens of the same request. tokens_per_cpu_s divides by the
+    CPU time the serving process(es) used instead of wall time: what the run cost, whatever else the machine ran.
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     useful = sum(len(t) for t in timeline.tokens)
@@ -68,7 +70,8 @@ def summarize(timeline: Timeline) -> dict:
             "ttft_mean_ms": statistics.fmean(ttft) if ttft else float("nan"),
             "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
             "itl_p50_ms": percentile(gaps, 50), "itl_p99_ms": percentile(gaps, 99),
-            "step_ms_mean": statistics.fmean(timeline.step_s) * 1e3 if timeline.step_s else float("nan")}
+            "step_ms_mean": statistics.fmean(timeline.step_s) * 1e3 if timeline.step_s else float("nan"),
+            "cpu_s": timeline.cpu_s, "tokens_per_cpu_s": useful / timeline.cpu_s if timeline.cpu_s else float("nan")}
 
 
 def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> Timeline:
@@ -82,6 +85,7 @@ def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> T
         raise ValueError(f"max_num_seqs={max_num_seqs!r}: must be an int >= 1")
     generator, timeline = AutoregressiveGenerator(model), Timeline.empty(len(requests))
     start = last = time.perf_counter()
+    cpu = time.process_time()
     for first in range(0, len(requests), max_num_seqs):
         batch = list(range(first, min(first + max_num_seqs, len(requests))))
         wanted = [requests[r].max_new_tokens for r in batch]
@@ -95,7 +99,7 @@ def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> T
             for r, n, token in zip(batch, wanted, ids):
                 if step < n:
                     timeline.record(r, token, now - start)
-    timeline.wall_s = time.perf_counter() - start
+    timeline.wall_s, timeline.cpu_s = time.perf_counter() - start, time.process_time() - cpu
     return timeline
 
 
@@ -107,6 +111,7 @@ def continuous_batching(engine, requests: list[Request]) -> Timeline:
     """
     timeline = Timeline.empty(len(requests))
     start = last = time.perf_counter()
+    cpu = time.process_time()
     index = {engine.add_request(list(r.prompt), r.max_new_tokens): i for i, r in enumerate(requests)}
     while engine.has_unfinished():
         outs = engine.step()
@@ -116,7 +121,7 @@ def continuous_batching(engine, requests: list[Request]) -> Timeline:
         timeline.steps.append([index[o.request_id] for o in outs])
         for o in outs:
             timeline.record(index[o.request_id], o.token, now - start)
-    timeline.wall_s = time.perf_counter() - start
+    timeline.wall_s, timeline.cpu_s = time.perf_counter() - start, time.process_time() - cpu
     return timeline
 
 
