@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: lab test unit nbval notebooks demo bench bench-quick figures colab-url clean
+.PHONY: lab test unit nbval notebooks demo bench bench-quick serve-bench serve-bench-quick vllm-env vllm-parity figures colab-url clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,32 @@ bench: $(VENV)/.installed
 bench-quick: $(VENV)/.installed
 	$(PY) -m kvgpt bench --quick
 
+# Part II: serving benchmarks (static vs continuous batching vs vLLM, paged KV memory, prefix caching)
+serve-bench: $(VENV)/.installed
+	-$(MAKE) vllm-bench
+	$(PY) -m kvgpt serve-bench
+
+serve-bench-quick: $(VENV)/.installed
+	$(PY) -m kvgpt serve-bench --quick
+
+# vLLM (CPU wheel) lives in its own venv: it pins torch==2.13.0 and transformers<5.20. Built on first use; if a step
+# fails the reason is kept in $(VLLM_VENV)/.failed and the targets below print it and exit 0.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+$(VLLM_VENV)/.installed:
+	-bash peers/vllm/install.sh $(VLLM_VENV)
+
+vllm-env: $(VLLM_VENV)/.installed
+
+vllm-parity: vllm-env
+	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/parity.py; \
+	else echo "vllm-parity: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
+
+vllm-bench: vllm-env
+	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/bench.py; \
+	else echo "vllm-bench: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
+
 figures: $(VENV)/.installed
 	$(PY) scripts/make_figures.py
 
@@ -54,4 +80,4 @@ colab-url: $(VENV)/.installed  ## make colab-url REPO=owner/name rewrites every 
 	$(PY) scripts/set_repo_url.py $(REPO)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Command line: `kvgpt generate` streams text from a model; `kvgpt bench` runs the benchmark suite.
+"""Command line: `kvgpt generate` streams text from a model; `kvgpt bench` / `kvgpt serve-bench` run benchmarks.
 
     python -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0
 
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvgpt", description="Generate text with a KV-cached GPT-2-style model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (arguments go to kvgpt.benchmark.suite)")
+    sub.add_parser("serve-bench", add_help=False,
+                   help="serving benchmarks: static vs continuous batching vs vLLM (kvgpt.benchmark.serve_suite)")
     g = sub.add_parser("generate", help="stream text from a model", epilog=EPILOG)
     g.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)r)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
@@ -52,17 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `kvgpt` and `python -m kvgpt`. Returns 0; bad arguments raise SystemExit(2)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv and argv[0] == "bench":  # everything after "bench" belongs to the suite's own parser
-        return _bench(parser, argv[1:])
+    if argv and argv[0] in ("bench", "serve-bench"):  # the rest belongs to the suite's own parser
+        return _bench(parser, argv[1:], argv[0])
     args = parser.parse_args(argv)
     return _generate(parser, args)
 
 
-def _bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def _bench(parser: argparse.ArgumentParser, argv: list[str], command: str = "bench") -> int:
+    module = "suite" if command == "bench" else "serve_suite"
     try:
-        from .benchmark.suite import main as suite_main
+        from importlib import import_module
+
+        suite_main = import_module(f".benchmark.{module}", __package__).main
     except ImportError as e:
-        parser.exit(1, f"kvgpt: error: the benchmark suite kvgpt.benchmark.suite is not available ({e})\n")
+        parser.exit(1, f"kvgpt: error: the benchmark suite kvgpt.benchmark.{module} is not available ({e})\n")
     return suite_main(argv) or 0
 
 

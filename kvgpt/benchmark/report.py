@@ -126,8 +126,11 @@ def metadata(quick: bool, bandwidth: float, weights: dict, wall_s: float) -> pd.
     return pd.DataFrame({"key": list(info), "value": [str(v) for v in info.values()]})
 
 
-def write_results(results: dict, out: Path, prefix: str = "bench_") -> list[Path]:
-    """Every table as <prefix><name>.csv, the metadata as <prefix>meta.json, the figures as PNG."""
+def write_results(results: dict, out: Path, prefix: str = "bench_", figures=None) -> list[Path]:
+    """Every table as <prefix><name>.csv, the metadata as <prefix>meta.json, the figures as PNG.
+
+    figures(results, out, prefix) -> paths draws them (default: the bench suite's kvgpt.benchmark.plots.save_figures).
+    """
     from .plots import save_figures
 
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,7 @@ def write_results(results: dict, out: Path, prefix: str = "bench_") -> list[Path
             path = out / f"{prefix}{key}.csv"
             df.to_csv(path, index=False, float_format="%.6g")
         paths.append(path)
-    return paths + save_figures(results, out, prefix)
+    return paths + (figures or save_figures)(results, out, prefix)
 
 
 def _cpu_name() -> str:

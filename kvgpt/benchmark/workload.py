@@ -48,3 +48,27 @@ def ragged_workload(n_requests: int, vocab_size: int, block_size: int, prompt_le
         prompt = tuple(rng.randrange(vocab_size) for _ in range(n_prompt))
         requests.append(Request(prompt, min(n_out, block_size - n_prompt)))
     return requests
+
+
+# The requests each serving benchmark runs, per model shape (kvgpt.benchmark.suite.build_model names). GPT-2-small
+# gets fewer and shorter requests: a step costs ~100x more. "parity" is what peers/vllm/parity.py checks.
+SERVE_WORKLOADS = {
+    "full": {"shakespeare-char": {"n_requests": 64, "prompt_lengths": (8, 128), "output_lengths": (8, 128)},
+             "gpt2-small": {"n_requests": 16, "prompt_lengths": (8, 64), "output_lengths": (8, 64)}},
+    "quick": {"shakespeare-char": {"n_requests": 16, "prompt_lengths": (4, 32), "output_lengths": (4, 32)},
+              "gpt2-small": {"n_requests": 4, "prompt_lengths": (4, 16), "output_lengths": (4, 16)}},
+    "parity": {"shakespeare-char": {"n_requests": 24, "prompt_lengths": (1, 128), "output_lengths": (1, 96)},
+               "gpt2-small": {"n_requests": 8, "prompt_lengths": (1, 48), "output_lengths": (1, 24)}},
+}
+
+
+def serve_workload(model_name: str, config, mode: str = "full", seed: int = 0) -> list[Request]:
+    """The seeded requests of SERVE_WORKLOADS[mode][model_name] for a model with this config (vocab, context).
+
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    if mode not in SERVE_WORKLOADS or model_name not in SERVE_WORKLOADS[mode]:
+        raise ValueError(f"mode={mode!r}, model_name={model_name!r}: must be one of "
+                         f"{ {m: list(w) for m, w in SERVE_WORKLOADS.items()} }")
+    return ragged_workload(vocab_size=config.vocab_size, block_size=config.block_size, seed=seed,
+                           **SERVE_WORKLOADS[mode][model_name])

@@ -1,0 +1,110 @@
+"""Serving pictures for chapter 11: rows joining and leaving over steps, KV memory reserved vs used, throughput.
+
+matplotlib is imported inside the functions (bare Figures, Agg on save): the engine itself never needs it.
+Introduced in notebooks/11_continuous_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ENGINE_COLORS = {"static batching (Part I)": "#9ecae1", "continuous batching (kvgpt LLMEngine)": "#08519c",
+                 "vLLM": "#fd8d3c"}
+
+
+def _figure(ncols: int, width: float = 5.5, height: float = 3.8):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height))
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | None = None, title: str = ""):
+    """Which request got a token at each engine step: one line per request, one column per step.
+
+    steps[s]: request ids that made a token at step s (a Timeline's steps, or StepOutputs' request ids).
+    wasted[s]: rows that ran at step s but made nothing anyone asked for (static batching's finished rows),
+    drawn in orange. Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    n = n_requests if n_requests is not None else 1 + max((r for s in steps for r in s), default=-1)
+    grid = np.zeros((n, len(steps)), dtype=np.int8)  # (requests, steps): 0 idle, 1 token, 2 wasted row
+    for s, rows in enumerate(steps):
+        grid[list(rows), s] = 1
+    for s, rows in enumerate(wasted or []):
+        grid[list(rows), s] = 2
+    fig, (ax,) = _figure(1, width=9, height=0.12 * n + 1.8)
+    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=ListedColormap(["#f2f2f2", "#08519c", "#fd8d3c"]),
+              vmin=0, vmax=2)
+    ax.set(xlabel="engine step", ylabel="request", title=title or f"{n} requests over {len(steps)} steps")
+    legend = [Patch(color="#08519c", label="made a token")]
+    if wasted:
+        legend.append(Patch(color="#fd8d3c", label="ran, nothing asked for (wasted row-step)"))
+    ax.legend(handles=legend, loc="upper right", fontsize=8, framealpha=0.9)
+    return fig
+
+
+def plot_kv_memory(memory):
+    """KV bytes reserved vs used per layout (MB), with the utilisation written on each bar.
+
+    memory: rows of kv_memory (layout, reserved_bytes, used_bytes, utilization). Introduced in
+    notebooks/11_continuous_batching.ipynb.
+    """
+    fig, (ax,) = _figure(1, width=8, height=3.6)
+    labels = list(memory.layout)
+    y = range(len(labels))
+    ax.barh(y, memory.reserved_bytes / 2**20, color="#dddddd", label="reserved")
+    ax.barh(y, memory.used_bytes / 2**20, color="#08519c", label="used (tokens' keys and values)")
+    for i, (res, u) in enumerate(zip(memory.reserved_bytes, memory.utilization)):
+        ax.text(res / 2**20, i, f" {100 * u:.0f}% used", va="center", fontsize=8)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="KV cache MB", title="KV memory: reserved vs used")
+    ax.set_xlim(0, memory.reserved_bytes.max() / 2**20 * 1.25)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_serving(throughput):
+    """Useful tokens/s, time to first token and p50/p99 inter-token latency per model and engine.
+
+    throughput: the serve-bench table (model, engine, tokens_per_s, ttft_p50_ms, itl_p50_ms, itl_p99_ms).
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    models = list(dict.fromkeys(throughput.model))
+    fig, axes = _figure(3, width=4.2, height=3.6)
+    panels = (("tokens_per_s", "useful tokens/s (higher is better)"), ("ttft_p50_ms", "time to first token, p50 (ms)"),
+              ("itl_p99_ms", "inter-token latency p99 (ms)"))
+    engines = [e for e in ENGINE_COLORS if e in set(throughput.engine)]
+    width = 0.8 / len(engines)
+    for ax, (col, title) in zip(axes, panels):
+        for j, engine in enumerate(engines):
+            rows = throughput[throughput.engine == engine].set_index("model")
+            xs = [i + (j - (len(engines) - 1) / 2) * width for i, m in enumerate(models) if m in rows.index]
+            vals = [rows.loc[m, col] for m in models if m in rows.index]
+            ax.bar(xs, vals, width, color=ENGINE_COLORS[engine], label=engine)
+        ax.set_xticks(range(len(models)), models, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> list[Path]:
+    """serve-bench's figures as PNG (no version stamp: same numbers, same bytes)."""
+    figs = {"throughput": plot_serving(results["throughput"]),
+            "memory": plot_kv_memory(results["memory"][results["memory"].model == results["memory"].model.iloc[0]])}
+    gantt = results["gantt"]
+    first = gantt[gantt.model == gantt.model.iloc[0]]
+    steps = [list(first[first.step == s].request) for s in range(first.step.max() + 1)]
+    figs["gantt"] = plot_row_gantt(steps, title=f"{first.model.iloc[0]}: continuous batching, rows per step")
+    paths = []
+    for name, fig in figs.items():
+        fig.tight_layout()
+        path = Path(out) / f"{prefix}{name}.png"
+        fig.savefig(path, dpi=100, metadata={"Software": None})
+        paths.append(path)
+    return paths
