@@ -192,6 +192,25 @@ class KVCacheManager:
         """Slots filled so far (the same in every layer after a complete model call)."""
         return self.layer_caches[0].length
 
+    def check_call(self, model, b: int, t: int) -> None:
+        """Raise ValueError unless this manager was built for `model` (layers, heads, dims, dtype, device) and
+        a call of b rows and t new tokens fits: what the model asks before anything is written."""
+        end, c, m = self.length + t, self.config, model.config
+        model._check_context(end)
+        built = (c.n_layers, c.n_heads, c.head_dim, getattr(c, "n_kv_heads", None), len(self.layer_caches))
+        if built != (m.n_layers, m.n_heads, m.head_dim, getattr(m, "n_kv_heads", None), m.n_layers):
+            raise ValueError(f"cache was built for (n_layers, n_heads, head_dim, n_kv_heads) = {built[:4]} but the "
+                             f"model has {(m.n_layers, m.n_heads, m.head_dim, getattr(m, 'n_kv_heads', None))}")
+        if self.batch_size != b:
+            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={self.batch_size}")
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: writing positions {self.length}..{end - 1} "
+                             f"but capacity={self.capacity} (positions 0..{self.capacity - 1})")
+        stored, weight = getattr(self.layer_caches[0], "_k", None), model.token_embedding.embedding.weight
+        if stored is not None and (stored.dtype, stored.device) != (weight.dtype, weight.device):
+            raise ValueError(f"cache holds {stored.dtype} on {stored.device} but the model computes "
+                             f"{weight.dtype} on {weight.device}")
+
     def context_end(self, t: int) -> int:
         """The last position + 1 that t new tokens per row reach: what the model checks against block_size.
 

@@ -117,25 +117,14 @@ class MiniGPTInferenceModel(nn.Module):
             raise ValueError(f"{name} is on {token_ids.device} but the model is on {weight.device}")
 
     def _check_cache(self, cache, b: int, t: int) -> None:
-        """Before anything is written: a manager built for this model's layers, heads, dims, batch and dtype,
-        with room for t more positions."""
-        if not isinstance(cache, KVCacheManager):
+        """Before anything is written: the cache says whether it fits this model and a (b, t) call.
+
+        One contract for every cache manager (KVCacheManager, the paged batch of kvgpt/serving): `check_call`.
+        """
+        check = getattr(cache, "check_call", None)
+        if not callable(check):
             fail_type("cache", cache, "a KVCacheManager (or None in prefill)")
-        end = cache.length + t
-        self._check_context(end)
-        c, m = cache.config, self.config
-        if (c.n_layers, c.n_heads, c.head_dim, len(cache.layer_caches)) != (m.n_layers, m.n_heads, m.head_dim, m.n_layers):
-            raise ValueError(f"cache was built for n_layers={len(cache.layer_caches)}, n_heads={c.n_heads}, "
-                             f"head_dim={c.head_dim} but the model has {m.n_layers}, {m.n_heads}, {m.head_dim}")
-        if cache.batch_size != b:
-            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={cache.batch_size}")
-        if end > cache.capacity:
-            raise ValueError(f"KV cache overflow: writing positions {cache.length}..{end - 1} "
-                             f"but capacity={cache.capacity} (positions 0..{cache.capacity - 1})")
-        stored, weight = getattr(cache.layer_caches[0], "_k", None), self.token_embedding.embedding.weight
-        if stored is not None and (stored.dtype, stored.device) != (weight.dtype, weight.device):
-            raise ValueError(f"cache holds {stored.dtype} on {stored.device} but the model computes "
-                             f"{weight.dtype} on {weight.device}")
+        check(self, b, t)
 
     def _check_context(self, end: int) -> None:
         if end > self.config.block_size:

@@ -189,6 +189,17 @@ class PagedBatch:
     def get(self, layer_idx: int) -> "PagedLayer":
         return self.layers[layer_idx]
 
+    def check_call(self, model, b: int, t: int) -> None:
+        """Raise ValueError unless the model matches the pool (layers, K/V heads, dims) and (b, t) this batch."""
+        pool, c = self.cache.k_pools[0], model.config
+        heads = getattr(c, "n_kv_heads", None) or c.n_heads
+        if (len(self.cache.k_pools), pool.shape[2], pool.shape[3]) != (c.n_layers, heads, c.head_dim):
+            raise ValueError(f"the paged pool holds {len(self.cache.k_pools)} layers of (H, D) = "
+                             f"{tuple(pool.shape[2:])} but the model has {c.n_layers} of {(heads, c.head_dim)}")
+        if (b, t) != (self.batch_size, self.t):
+            raise ValueError(f"token_ids is (B, T) = {(b, t)} but this paged batch was built for "
+                             f"{(self.batch_size, self.t)}")
+
     def context_end(self, t: int) -> int:
         """The longest row's end, p_b + n_b (the model checks it against block_size)."""
         if t != self.t:
