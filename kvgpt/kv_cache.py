@@ -17,7 +17,8 @@ from .config import ModelConfig
 class KVCache:
     """Keys and values of one layer for positions 0 .. length - 1; the interface both kinds share.
 
-    Shapes: keys, values (B, H, S, D) views of the filled part (None while empty).
+    Shapes: keys, values (B, H, S, D) views of the filled part (None while empty); H here is the number
+    of K/V heads, config.kv_heads (fewer than the query heads with grouped-query attention).
 
     Introduced in notebooks/04_kv_cache.ipynb.
     """
@@ -68,8 +69,9 @@ class DynamicKVCache(KVCache):
         if self._k is not None:
             k_new = torch.cat([self._k, k_new], dim=2)  # (B, H, S - T, D) + (B, H, T, D) -> (B, H, S, D)
             v_new = torch.cat([self._v, v_new], dim=2)
-        else:  # own the first chunk: a view would keep the whole fused q|k|v projection alive (1.5x the bytes)
-            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        else:  # own the first chunk: a view would keep the whole fused q|k|v projection alive (1.5x the bytes);
+            # clone, not contiguous(): a (1, H, 1, D) view already counts as contiguous and would stay a view
+            k_new, v_new = k_new.clone(memory_format=torch.contiguous_format), v_new.clone(memory_format=torch.contiguous_format)
         self._k, self._v, self.length = k_new, v_new, k_new.size(2)
         return self._k, self._v
 
@@ -145,7 +147,7 @@ class KVCacheManager:
         if not isinstance(capacity, int) or not 0 < capacity <= config.block_size:
             raise ValueError(f"capacity={capacity!r}: must be an int in 1..block_size={config.block_size}")
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        shape = (batch_size, config.n_heads, config.head_dim, capacity)
+        shape = (batch_size, config.kv_heads, config.head_dim, capacity)  # only the K/V heads are stored
         self.layer_caches: list[KVCache] = [
             StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
             for _ in range(config.n_layers)
@@ -170,7 +172,7 @@ class KVCacheManager:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all layers: 2 * L * B * H * S * D * element size (S = capacity if static)."""
+        """Bytes held by all layers: 2 * L * B * Hkv * S * D * element size (S = capacity if static)."""
         return sum(cache.nbytes for cache in self.layer_caches)
 
     def set_padding(self, attention_mask: torch.Tensor) -> None:
@@ -211,8 +213,8 @@ class CachedCausalSelfAttention(CausalSelfAttention):
             raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
                              "each layer must write at its own cache's length")
         t = x.size(1)
-        q, k, v = self.split_heads(x)  # (B, H, T, D)
-        k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
+        q, k, v = self.split_heads(x)  # q (B, H, T, D), k and v (B, Hkv, T, D)
+        k_all, v_all = kv_cache.append(k, v)  # (B, Hkv, S, D), S = position + T
         causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
         if mask is None and t > 1:
             mask = self.causal_mask[position : position + t, : position + t]  # (T, S)
