@@ -14,11 +14,13 @@ from .batching import padded_attention_mask, padded_position_ids, pad_lengths_fr
 from .config import ModelConfig
 
 
+CACHE_KINDS = ("static", "dynamic", "int8")  # int8: kvgpt/quantized_cache.py
+
+
 class KVCache:
     """Keys and values of one layer for positions 0 .. length - 1; the interface both kinds share.
 
-    Shapes: keys, values (B, H, S, D) views of the filled part (None while empty); H here is the number
-    of K/V heads, config.kv_heads (fewer than the query heads with grouped-query attention).
+    Shapes: keys, values (B, H, S, D) views of the filled part (None while empty).
 
     Introduced in notebooks/04_kv_cache.ipynb.
     """
@@ -139,17 +141,21 @@ class KVCacheManager:
 
     def __init__(self, config: ModelConfig, batch_size: int, kind: str = "static",
                  capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
-        if kind not in ("static", "dynamic"):
-            raise ValueError(f"kind={kind!r}: must be 'static' or 'dynamic'")
+        if kind not in CACHE_KINDS:
+            raise ValueError(f"kind={kind!r}: must be one of {CACHE_KINDS}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
         capacity = config.block_size if capacity is None else capacity
         if not isinstance(capacity, int) or not 0 < capacity <= config.block_size:
             raise ValueError(f"capacity={capacity!r}: must be an int in 1..block_size={config.block_size}")
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        shape = (batch_size, config.kv_heads, config.head_dim, capacity)  # only the K/V heads are stored
+        shape = (batch_size, config.kv_heads, config.head_dim, capacity)  # H = config.kv_heads: only K/V heads stored
+        if kind == "int8":  # its own module (notebooks/12_smaller_caches.ipynb); imported here to avoid a cycle
+            from .quantized_cache import Int8KVCache as static_kind
+        else:
+            static_kind = StaticKVCache
         self.layer_caches: list[KVCache] = [
-            StaticKVCache(*shape, device=device, dtype=dtype) if kind == "static" else DynamicKVCache()
+            DynamicKVCache() if kind == "dynamic" else static_kind(*shape, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]
         self.pad_lengths: torch.Tensor | None = None
@@ -213,8 +219,8 @@ class CachedCausalSelfAttention(CausalSelfAttention):
             raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
                              "each layer must write at its own cache's length")
         t = x.size(1)
-        q, k, v = self.split_heads(x)  # q (B, H, T, D), k and v (B, Hkv, T, D)
-        k_all, v_all = kv_cache.append(k, v)  # (B, Hkv, S, D), S = position + T
+        q, k, v = self.split_heads(x)  # (B, H, T, D)
+        k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
         causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
         if mask is None and t > 1:
             mask = self.causal_mask[position : position + t, : position + t]  # (T, S)

@@ -31,8 +31,9 @@ def measured_kv_bytes(cache: KVCacheManager) -> int:
     not computed from shapes, so it can disagree with the formula if the cache over-allocates.
     """
     storages = {}
-    for layer in cache.layer_caches:
-        for tensor in (layer.keys, layer.values):
+    for layer in cache.layer_caches:  # an int8 cache's keys are dequantized copies: ask what it stores
+        stored = layer.stored_tensors() if hasattr(layer, "stored_tensors") else (layer.keys, layer.values)
+        for tensor in stored:
             if tensor is not None:
                 storage = tensor.untyped_storage()
                 storages[storage.data_ptr()] = storage.nbytes()
