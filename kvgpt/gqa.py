@@ -66,3 +66,21 @@ def expand_to_mha(model: MiniGPTInferenceModel) -> MiniGPTInferenceModel:
     h = model.config.n_heads
     r = h // model.config.kv_heads
     return _rebuilt(model, h, lambda x: x.repeat_interleave(r, dim=0))
+
+
+def kv_bytes_per_token(config, bytes_per_element: float = 2.0) -> float:
+    """Cache bytes one position costs in one sequence: 2 (K and V) * L * n_kv_heads * D * bytes per element.
+
+    bytes_per_element: 4 fp32, 2 bf16/fp16, 1 + 4 / D for kvgpt's int8 cache (a float32 scale per D values).
+
+    Introduced in notebooks/12_smaller_caches.ipynb.
+    """
+    return 2 * config.n_layers * config.kv_heads * config.head_dim * bytes_per_element
+
+
+def max_context(config, budget_bytes: float, bytes_per_element: float = 2.0, batch_size: int = 1) -> int:
+    """Positions per sequence whose cache fits in budget_bytes for batch_size sequences (weights not counted).
+
+    Introduced in notebooks/12_smaller_caches.ipynb.
+    """
+    return int(budget_bytes // (kv_bytes_per_token(config, bytes_per_element) * batch_size))

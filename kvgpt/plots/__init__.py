@@ -9,6 +9,7 @@ from .benchmark import plot_engine_latency, plot_position_latency, plot_throughp
 from .cache import cache_bytes, kv_cache_fill
 from .decoding import plot_step_latency
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
+from .smaller_caches import plot_head_sharing, plot_kv_spread
 
 __all__ = [
     "SAMPLING_SETTINGS",
@@ -18,6 +19,8 @@ __all__ = [
     "kv_cache_fill",
     "plot_distribution",
     "plot_engine_latency",
+    "plot_head_sharing",
+    "plot_kv_spread",
     "plot_padding_mask",
     "plot_position_latency",
     "plot_processors",
