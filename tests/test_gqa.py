@@ -176,6 +176,19 @@ def test_expand_to_mha_computes_the_same_function(cfg, t):
                                                                      model.state_dict().values()))
 
 
+@pytest.mark.parametrize("impl, torch_gqa", [("sdpa", True), ("sdpa", False), ("manual", False)])
+@pytest.mark.parametrize("heads, kv", [(4, 2), (6, 3), (8, 2)])
+@torch.no_grad()
+def test_every_attention_path_groups_query_heads_in_repeat_interleave_order(impl, torch_gqa, heads, kv):
+    """SDPA's own grouping (torch >= 2.5), its fallback for older torch, and the manual path all match MHA."""
+    model = cached_model(vocab_size=40, n_layers=2, n_heads=heads, d_model=8 * heads, block_size=48, n_kv_heads=kv,
+                         attn_impl=impl)
+    ids = ids_for(40, 2, 12, seed=3)
+    with mock.patch.object(kvgpt.attention, "SDPA_GQA", torch_gqa and kvgpt.attention.SDPA_GQA):
+        got, _ = decode_all(model, ids, "static", 5)
+    assert record_diff("GQA vs its expanded MHA (fp32)", (got - expand_to_mha(model)(ids)).abs().max().item()) <= TOL
+
+
 def tiled_repeat_kv(x, n_rep):
     """The wrong order: h0 h1 h0 h1 (torch.repeat) where query heads expect h0 h0 h1 h1."""
     return x.repeat(1, n_rep, 1, 1)
