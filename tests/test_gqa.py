@@ -2,6 +2,7 @@
 n_heads keeps cached == full and batched == alone; the cache stores only n_kv_heads; the converter's algebra."""
 
 import dataclasses
+import json
 from unittest import mock
 
 import pytest
@@ -15,9 +16,10 @@ import kvgpt.attention
 from kvgpt import KVCacheManager, MiniGPTInferenceModel, ModelConfig
 from kvgpt.attention import CausalSelfAttention
 from kvgpt.benchmark.memory import kv_formula_bytes, measured_kv_bytes
+from kvgpt.evaluation import cached_loss, heldout_windows
 from kvgpt.gqa import expand_to_mha, mean_pool_kv
 from kvgpt.hf import config_from_hf
-from kvgpt.pretrained import load_pretrained, save_pretrained
+from kvgpt.pretrained import available_models, data_dir, load_pretrained, save_pretrained
 from kvgpt.tokenizer import CharTokenizer
 
 TOL = 1e-5  # fp32, weights with std 0.2 (|logits| up to ~10)
@@ -261,3 +263,22 @@ def test_gpt2_conversions_refuse_grouped_query_configs():
     with pytest.raises(ValueError, match="num_key_value_heads=2 != n_head=4"):
         config_from_hf(hf)
     assert config_from_hf({**hf, "num_key_value_heads": 4}).n_kv_heads is None
+
+
+# ---------------------------------------------------------------- the shipped GQA / MQA models
+
+@pytest.mark.parametrize("kv", [2, 1])
+def test_shipped_gqa_models_load_and_record_their_conversion(kv):
+    name = f"shakespeare-char-kv{kv}"
+    assert name in available_models()
+    model, tok = load_pretrained(name)
+    mha, _ = load_pretrained("shakespeare-char")
+    assert model.config == dataclasses.replace(mha.config, n_kv_heads=kv) and tok.chars == load_pretrained()[1].chars
+    c = json.loads((data_dir() / name / "config.json").read_text())
+    t = c["training"]
+    assert t["complete"] and t["iterations"] == 400 and t["init_from"] == "kvgpt/data/shakespeare-char"
+    assert c["val_loss"] < 1.6 < 3.0 < t["val_loss_converted"]  # uptraining recovered what pooling lost
+    ids = heldout_windows(tok)
+    with torch.no_grad():  # on the shipped slice: within a few hundredths of the whole-set figure
+        assert abs(cached_loss(model, ids) - c["val_loss"]) < 0.1
+        assert abs(cached_loss(mean_pool_kv(mha, kv), ids) - t["val_loss_converted"]) < 0.3
