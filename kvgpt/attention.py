@@ -14,13 +14,26 @@ from torch import nn
 from .config import ModelConfig
 from .validation import check_config
 
+# SDPA repeats K/V heads for grouped-query attention itself from torch 2.5 on; older torch gets them repeated here
+SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Give each query head its group's K/V head: kv head j serves query heads j * n_rep .. (j + 1) * n_rep - 1.
+
+    Shapes: (B, Hkv, S, D) -> (B, Hkv * n_rep, S, D), each head repeated n_rep times in place
+    (repeat_interleave: h0 h0 h1 h1, not h0 h1 h0 h1). Introduced in notebooks/12_smaller_caches.ipynb.
+    """
+    return x.repeat_interleave(n_rep, dim=1)
+
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            impl: str = "sdpa", causal: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + mask) v, explicitly ("manual") or with torch's fused kernel ("sdpa").
 
-    Shapes: q (B, H, T, D), k and v (B, H, S, D), mask (B or 1, 1, T, S) bool, True = may attend,
+    Shapes: q (B, H, T, D), k and v (B, Hkv, S, D), mask (B or 1, 1, T, S) bool, True = may attend,
     or None = every query sees every key (with causal=True: the plain triangle). Returns (B, H, T, D).
+    Hkv < H is grouped-query attention: query head h reads K/V head h // (H // Hkv) (see repeat_kv).
     Every query row of `mask` must allow at least one key, or softmax divides 0 by 0 (NaN).
     causal=True says the mask is the plain lower triangle (T == S, no past, no padding) and `mask` may be
     None: "sdpa" then skips the blocks above the diagonal instead of reading a mask (same numbers, less
@@ -28,10 +41,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
     Introduced in notebooks/03_attention.ipynb.
     """
+    groups = q.shape[1] // k.shape[1]  # 1 for multi-head attention: nothing below runs
+    if groups > 1 and not (impl == "sdpa" and SDPA_GQA):
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, S, D)
     if impl == "sdpa":
+        gqa = {"enable_gqa": True} if groups > 1 and SDPA_GQA else {}
         if causal:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
     if causal and mask is None:
         mask = causal_mask(q.size(-2), k.size(-2), q.device)  # (T, S)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
@@ -56,7 +73,8 @@ def causal_mask(t: int, s: int, device: torch.device | str | None = None) -> tor
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention over a whole sequence, recomputing every key and value.
 
-    Shapes: x (B, T, C) -> (B, T, C); internally q, k, v are (B, H, T, D).
+    Shapes: x (B, T, C) -> (B, T, C); internally q (B, H, T, D), k and v (B, Hkv, T, D) with
+    Hkv = config.kv_heads (= H unless grouped-query attention).
 
     Introduced in notebooks/03_attention.ipynb.
     """
@@ -65,19 +83,28 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         check_config("config", config)
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.n_kv_heads = config.kv_heads
         self.impl = config.attn_impl
-        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)  # GPT-2's c_attn
+        kv_width = self.n_kv_heads * self.head_dim  # = C for multi-head attention: GPT-2's 3C outputs
+        self.qkv_proj = nn.Linear(config.d_model, config.d_model + 2 * kv_width)  # GPT-2's c_attn: q | k | v
         self.out_proj = nn.Linear(config.d_model, config.d_model)  # GPT-2's c_proj
         # no (block_size, block_size) mask buffer: SDPA's is_causal needs none, other cases build (T, S) per call
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x to queries, keys and values, one slice of D channels per head.
 
-        Shapes: x (B, T, C) -> q, k, v each (B, H, T, D).
+        Shapes: x (B, T, C) -> q (B, H, T, D), k and v (B, Hkv, T, D).
         """
         b, t, c = x.shape
-        qkv = self.qkv_proj(x).view(b, t, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+        if self.n_kv_heads == self.n_heads:
+            qkv = self.qkv_proj(x).view(b, t, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+            return q, k, v
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([c, kv_width, kv_width], dim=-1)  # (B, T, C), (B, T, Hkv * D) x 2
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:

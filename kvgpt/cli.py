@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 
+from .kv_cache import CACHE_KINDS
 from .pretrained import DEFAULT_MODEL, available_models, load_pretrained
 
 EPILOG = ("The generated text goes to stdout, the summary line to stderr. "
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1)")
     g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
-    g.add_argument("--cache-kind", choices=("static", "dynamic"), default="static", help="KV cache layout")
+    g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
     g.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default: %(default)s)")
     return parser

@@ -19,6 +19,11 @@ class ModelConfig:
 
     Shapes: C = d_model, H = n_heads, D = head_dim = C // H, V = vocab_size, L = n_layers.
 
+    `n_kv_heads` (grouped-query attention): how many key/value heads the H query heads share; each group
+    of H // n_kv_heads query heads reads one K/V head, and the cache stores only those. None (the default,
+    GPT-2 and every existing checkpoint) means n_heads: plain multi-head attention; 1 is multi-query.
+    Use `kv_heads` for the resolved number.
+
     `dropout` is kept for compatibility with training configs; kvgpt is inference-only and never
     applies it. `attn_impl` picks explicit matmul-mask-softmax ("manual", what the chapters show)
     or torch's fused scaled_dot_product_attention ("sdpa", the fast default); they agree.
@@ -33,6 +38,7 @@ class ModelConfig:
     block_size: int
     dropout: float = 0.0
     attn_impl: str = "sdpa"
+    n_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "block_size"):
@@ -46,6 +52,12 @@ class ModelConfig:
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) or not 0 <= d < 1:
             raise ValueError(f"dropout={d!r}: must be a number in [0, 1)")
+        kv = self.n_kv_heads
+        if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0):
+            raise ValueError(f"n_kv_heads={kv!r}: must be None (= n_heads) or a positive int")
+        if kv is not None and self.n_heads % kv:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}: "
+                             "each K/V head serves a whole group of n_heads // n_kv_heads query heads")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl={self.attn_impl!r}: must be one of {ATTN_IMPLS}")
 
@@ -54,9 +66,15 @@ class ModelConfig:
         """D, the width of one attention head."""
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used: n_kv_heads, or n_heads when it is None (multi-head attention)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
     def to_dict(self) -> dict:
-        """The fields as a plain dict (for config.json)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields as a plain dict (for config.json); n_kv_heads only when set, so MHA configs read as before."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.name == "n_kv_heads" and self.n_kv_heads is None)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

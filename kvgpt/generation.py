@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import check_token_ids, pad_prompts, prompt_rows
-from .kv_cache import KVCacheManager
+from .kv_cache import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
 from .validation import check_int, fail_type
@@ -211,8 +211,8 @@ class AutoregressiveGenerator:
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)  # a numpy int would wrap in the sums below
         if not isinstance(use_cache, bool):
             raise ValueError(f"use_cache={use_cache!r}: must be True (KV cache) or False (recompute every step)")
-        if cache_kind not in ("static", "dynamic"):
-            raise ValueError(f"cache_kind={cache_kind!r}: must be 'static' or 'dynamic'")
+        if cache_kind not in CACHE_KINDS:
+            raise ValueError(f"cache_kind={cache_kind!r}: must be one of {CACHE_KINDS}")
         if sampler is not None and not isinstance(sampler, Sampler):
             raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
         longest = max(len(r) for r in rows)

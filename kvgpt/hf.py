@@ -65,6 +65,10 @@ def config_from_hf(hf: dict, file: str = "config.json") -> ModelConfig:
     for key, allowed in SUPPORTED.items():
         if key in hf and hf[key] not in allowed:
             raise ValueError(f"{file}: {key}={hf[key]!r} is not supported by kvgpt (allowed: {allowed})")
+    kv = hf.get("num_key_value_heads", hf.get("n_kv_heads"))
+    if kv not in (None, hf["n_head"]):  # GPT-2 has no grouped-query attention
+        raise ValueError(f"{file}: num_key_value_heads={kv!r} != n_head={hf['n_head']}: GPT-2 checkpoints are "
+                         "multi-head; kvgpt's grouped-query models live in kvgpt's own format")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise ValueError(f"{file}: n_inner={hf['n_inner']!r} is not supported by kvgpt (allowed: None or 4 * n_embd)")
     try:
@@ -199,6 +203,9 @@ def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):
     if not isinstance(model, MiniGPTInferenceModel):
         fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
     c = model.config
+    if c.kv_heads != c.n_heads:
+        raise ValueError(f"to_hf: n_kv_heads={c.n_kv_heads} != n_heads={c.n_heads}; GPT-2 has no grouped-query "
+                         "attention (save with kvgpt.save_pretrained, or expand with kvgpt.gqa.expand_to_mha)")
     impl = attn_implementation or {"sdpa": "sdpa", "manual": "eager"}[c.attn_impl]
     eos = 50256 if c.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, only when the vocabulary has it
     hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model, n_layer=c.n_layers,

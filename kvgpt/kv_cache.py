@@ -17,6 +17,9 @@ from .validation import (check_choice, check_config, check_device, check_dtype, 
                          check_positive_int, same_device)
 
 
+CACHE_KINDS = ("static", "dynamic", "int8")  # int8: kvgpt/quantized_cache.py
+
+
 class KVCache:
     """Keys and values of one layer for positions 0 .. length - 1; the interface both kinds share.
 
@@ -88,8 +91,9 @@ class DynamicKVCache(KVCache):
         if self._k is not None:
             k_new = torch.cat([self._k, k_new], dim=2)  # (B, H, S - T, D) + (B, H, T, D) -> (B, H, S, D)
             v_new = torch.cat([self._v, v_new], dim=2)
-        else:  # own the first chunk: a view would keep the whole fused q|k|v projection alive (1.5x the bytes)
-            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        else:  # own the first chunk: a view would keep the whole fused q|k|v projection alive (1.5x the bytes);
+            # clone, not contiguous(): a (1, H, 1, D) view already counts as contiguous and would stay a view
+            k_new, v_new = k_new.clone(memory_format=torch.contiguous_format), v_new.clone(memory_format=torch.contiguous_format)
         self._k, self._v, self.length = k_new, v_new, k_new.size(2)
         return self._k, self._v
 
@@ -161,15 +165,19 @@ class KVCacheManager:
     def __init__(self, config: ModelConfig, batch_size: int, kind: str = "static",
                  capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
         check_config("config", config)
-        kind = check_choice("kind", kind, ("static", "dynamic"))
+        kind = check_choice("kind", kind, CACHE_KINDS)
         batch_size = check_positive_int("batch_size", batch_size)
         capacity = config.block_size if capacity is None else check_int("capacity", capacity, 1, config.block_size)
         device, dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
         self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        sizes = (batch_size, config.n_heads, config.head_dim, capacity)  # StaticKVCache's argument order
-        self.layer_caches: list[KVCache] = [  # static buffers are (B, H, capacity, D); both kinds take capacity, device, dtype
-            StaticKVCache(*sizes, device=device, dtype=dtype) if kind == "static" else
-            DynamicKVCache(capacity, device=device, dtype=dtype)
+        sizes = (batch_size, config.kv_heads, config.head_dim, capacity)  # only K/V heads are stored
+        if kind == "int8":  # its own module (notebooks/12_smaller_caches.ipynb); imported here to avoid a cycle
+            from .quantized_cache import Int8KVCache as static_kind
+        else:
+            static_kind = StaticKVCache
+        self.layer_caches: list[KVCache] = [  # static buffers are (B, Hkv, capacity, D); every kind takes capacity
+            DynamicKVCache(capacity, device=device, dtype=dtype) if kind == "dynamic" else
+            static_kind(*sizes, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]
         self.pad_lengths: torch.Tensor | None = None
@@ -197,10 +205,10 @@ class KVCacheManager:
         a call of b rows and t new tokens fits: what the model asks before anything is written."""
         end, c, m = self.length + t, self.config, model.config
         model._check_context(end)
-        built = (c.n_layers, c.n_heads, c.head_dim, getattr(c, "n_kv_heads", None), len(self.layer_caches))
-        if built != (m.n_layers, m.n_heads, m.head_dim, getattr(m, "n_kv_heads", None), m.n_layers):
+        built = (c.n_layers, c.n_heads, c.head_dim, c.kv_heads, len(self.layer_caches))
+        if built != (m.n_layers, m.n_heads, m.head_dim, m.kv_heads, m.n_layers):
             raise ValueError(f"cache was built for (n_layers, n_heads, head_dim, n_kv_heads) = {built[:4]} but the "
-                             f"model has {(m.n_layers, m.n_heads, m.head_dim, getattr(m, 'n_kv_heads', None))}")
+                             f"model has {(m.n_layers, m.n_heads, m.head_dim, m.kv_heads)}")
         if self.batch_size != b:
             raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={self.batch_size}")
         if end > self.capacity:
@@ -221,7 +229,7 @@ class KVCacheManager:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all layers: 2 * L * B * H * S * D * element size (S = capacity if static)."""
+        """Bytes held by all layers: 2 * L * B * Hkv * S * D * element size (S = capacity if static)."""
         return sum(cache.nbytes for cache in self.layer_caches)
 
     def set_padding(self, attention_mask: torch.Tensor) -> None:

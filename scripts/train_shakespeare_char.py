@@ -44,6 +44,13 @@ Outputs
     While training is still running, ``training.complete`` is false and ``val_loss`` is
     the fixed-window estimate.
 
+Grouped-query uptraining (notebooks/12_smaller_caches.ipynb)
+    ``--init-from DIR --n-kv-heads N`` starts from a trained kvgpt-format model (e.g.
+    ``kvgpt/data/shakespeare-char``) converted by ``kvgpt.gqa.mean_pool_kv`` to N key/value
+    heads, records its whole-val.txt loss before any step (``val_loss_converted``), then trains
+    with the same recipe (usually a shorter, gentler schedule; the shipped runs' flags are in
+    their config.json ``training.argv``). Model-shape flags are taken from DIR.
+
 Rerun from scratch::
 
     python scripts/prepare_shakespeare.py && python scripts/train_shakespeare_char.py
@@ -91,6 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--export-dir", type=Path, default=REPO_ROOT / "kvgpt" / "data" / "shakespeare-char",
                     help="shipped artefact: model.safetensors, config.json, vocab.json")
     ap.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from this kvgpt-format model directory instead of a fresh init (uptraining)")
+    ap.add_argument("--n-kv-heads", type=int, default=None,
+                    help="key/value heads (grouped-query attention); with --init-from, mean-pooled from its heads")
     # model
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
@@ -260,10 +271,29 @@ def main(argv=None) -> int:
     val_data = torch.tensor([stoi[c] for c in val_text], dtype=torch.long)
     log(f"corpus: train {len(train_data):,} chars, val {len(val_data):,} chars, vocab {len(vocab)}")
 
-    cfg = ModelConfig(vocab_size=len(vocab), n_layers=a.n_layers, n_heads=a.n_heads,
-                      d_model=a.d_model, block_size=a.block_size)
+    init_meta = {}
     torch.manual_seed(a.seed)
-    model = MiniGPTInferenceModel(cfg)
+    if a.init_from is not None:  # uptraining: convert a trained model, measure it before any step
+        from kvgpt.gqa import mean_pool_kv
+        from kvgpt.pretrained import load_dir
+
+        source, tokenizer = load_dir(a.init_from)
+        if list(tokenizer.chars) != vocab:
+            raise SystemExit(f"{a.init_from}: its vocabulary differs from the corpus vocabulary")
+        model = mean_pool_kv(source, a.n_kv_heads or source.config.kv_heads)
+        cfg = model.config
+        a.n_layers, a.n_heads, a.d_model, a.block_size = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.block_size
+        t0 = time.time()
+        converted, _ = full_loss(model, val_data, a.block_size, a.eval_batch_size)
+        init_meta = {"init_from": str(a.init_from.resolve().relative_to(REPO_ROOT)) if a.init_from.resolve().is_relative_to(REPO_ROOT) else str(a.init_from),
+                     "conversion": f"kvgpt.gqa.mean_pool_kv({source.config.kv_heads} -> {cfg.kv_heads} K/V heads)",
+                     "val_loss_converted": round(converted, 5), "argv": " ".join(sys.argv[1:])}
+        log(f"converted {a.init_from} to {cfg.kv_heads} K/V heads: whole-val loss before uptraining "
+            f"{converted:.4f} nats/char  [{time.time() - t0:.0f} s]")
+    else:
+        cfg = ModelConfig(vocab_size=len(vocab), n_layers=a.n_layers, n_heads=a.n_heads,
+                          d_model=a.d_model, block_size=a.block_size, n_kv_heads=a.n_kv_heads)
+        model = MiniGPTInferenceModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg} -> {n_params:,} parameters")
 
@@ -315,6 +345,7 @@ def main(argv=None) -> int:
             "threads": a.threads, "torch_version": torch.__version__, "python": platform.python_version(),
             "script": "scripts/train_shakespeare_char.py",
             "history": history,
+            **init_meta,
         }
         if extra:
             m.update(extra)

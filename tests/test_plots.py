@@ -101,3 +101,9 @@ def test_benchmark_pictures():
                        "ms": [1.0, 1.1, 2.0, 2.2]})
     assert isinstance(plots.plot_throughput(df), Figure)
     assert isinstance(plots.plot_position_latency(df), Figure)
+
+
+def test_smaller_caches_pictures():
+    assert isinstance(plots.plot_head_sharing(8, (8, 2, 1)), Figure)
+    k = torch.randn(1, 2, 6, 4)
+    assert isinstance(plots.plot_kv_spread(k, -k, title="layer 0"), Figure)

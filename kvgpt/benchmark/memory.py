@@ -19,9 +19,9 @@ from .engines import random_prompts
 
 
 def kv_formula_bytes(config, batch_size: int, positions: int, dtype: torch.dtype = torch.float32) -> int:
-    """2 * L * B * H * T * D * element size: keys and values of every layer, head and position."""
+    """2 * L * B * Hkv * T * D * element size: keys and values of every layer, K/V head and position."""
     element = torch.empty(0, dtype=dtype).element_size()
-    return 2 * config.n_layers * batch_size * config.n_heads * positions * config.head_dim * element
+    return 2 * config.n_layers * batch_size * config.kv_heads * positions * config.head_dim * element
 
 
 def measured_kv_bytes(cache: KVCacheManager) -> int:
@@ -31,8 +31,9 @@ def measured_kv_bytes(cache: KVCacheManager) -> int:
     not computed from shapes, so it can disagree with the formula if the cache over-allocates.
     """
     storages = {}
-    for layer in cache.layer_caches:
-        for tensor in (layer.keys, layer.values):
+    for layer in cache.layer_caches:  # an int8 cache's keys are dequantized copies: ask what it stores
+        stored = layer.stored_tensors() if hasattr(layer, "stored_tensors") else (layer.keys, layer.values)
+        for tensor in stored:
             if tensor is not None:
                 storage = tensor.untyped_storage()
                 storages[storage.data_ptr()] = storage.nbytes()

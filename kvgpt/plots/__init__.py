@@ -11,6 +11,7 @@ from .decoding import plot_step_latency
 from .model import architecture_diagram
 from .paging import plot_block_tables, plot_kv_memory
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
+from .smaller_caches import plot_head_sharing, plot_kv_spread
 
 __all__ = [
     "SAMPLING_SETTINGS",
@@ -25,6 +26,8 @@ __all__ = [
     "kv_cache_fill",
     "plot_distribution",
     "plot_engine_latency",
+    "plot_head_sharing",
+    "plot_kv_spread",
     "plot_padding_mask",
     "plot_position_latency",
     "plot_processors",

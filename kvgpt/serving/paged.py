@@ -28,7 +28,7 @@ class PagedKVCache:
                  dtype: torch.dtype = torch.float32, enable_prefix_caching: bool = True) -> None:
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.config, self.block_size, self.prefix_caching = config, block_size, bool(enable_prefix_caching)
-        heads = getattr(config, "n_kv_heads", None) or config.n_heads  # grouped-query attention stores fewer heads
+        heads = config.kv_heads  # grouped-query attention stores fewer heads
         shape = (num_blocks, block_size, heads, config.head_dim)  # (blocks, slots, H, D)
         self.k_pools = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.v_pools = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
@@ -192,7 +192,7 @@ class PagedBatch:
     def check_call(self, model, b: int, t: int) -> None:
         """Raise ValueError unless the model matches the pool (layers, K/V heads, dims) and (b, t) this batch."""
         pool, c = self.cache.k_pools[0], model.config
-        heads = getattr(c, "n_kv_heads", None) or c.n_heads
+        heads = c.kv_heads
         if (len(self.cache.k_pools), pool.shape[2], pool.shape[3]) != (c.n_layers, heads, c.head_dim):
             raise ValueError(f"the paged pool holds {len(self.cache.k_pools)} layers of (H, D) = "
                              f"{tuple(pool.shape[2:])} but the model has {c.n_layers} of {(heads, c.head_dim)}")
