@@ -27,6 +27,13 @@ def _assert_no_leaks(engine):
     assert engine.kv_bytes_used() == 0 and engine.kv_bytes_allocated() == 0
 
 
+def _sampler(seed):
+    """A seeded sampler; some with a repetition penalty (its history must carry across steps), some greedy."""
+    if seed % 3 == 0:
+        return Sampler(temperature=0.0, repetition_penalty=1.5, seed=seed)
+    return Sampler(temperature=1.0, top_k=12, repetition_penalty=1.3 if seed % 3 == 1 else 1.0, seed=seed)
+
+
 @st.composite
 def workloads(draw):
     n = draw(st.integers(1, 6))
@@ -42,7 +49,7 @@ def workloads(draw):
 def test_every_request_equals_its_solo_generation(work, block_size, budget, spare_blocks, max_seqs, eos, prefix):
     prompts, news, seeds, arrivals = work
     model = cached_model()
-    samplers = [None if s is None else Sampler(temperature=1.0, top_k=12, seed=s) for s in seeds]
+    samplers = [None if s is None else _sampler(s) for s in seeds]
     largest = max(-(-(len(p) + m - 1) // block_size) for p, m in zip(prompts, news))
     num_blocks = None if spare_blocks is None else largest + spare_blocks  # small pools force preemption
     engine = LLMEngine(model, block_size, num_blocks, max_seqs, budget, enable_prefix_caching=prefix)

@@ -25,11 +25,12 @@ def block_hash(parent: int | None, tokens) -> int:
     """The hash of a full block: hash((parent block's hash, its token ids)); the first block's parent is None.
 
     Chaining makes a block's hash stand for its whole prefix, so equal hashes mean equal prefixes (a
-    collision is caught by the content check in BlockAllocator.lookup). Python hashes ints and tuples
-    deterministically, so hashes are the same in every process.
+    collision is caught by the content check in BlockAllocator.lookup). Python hashes ints and tuples of
+    ints deterministically (None is hashed by address before Python 3.12: the first parent is hashed as 0),
+    so the hashes are the same in every process.
     Introduced in notebooks/10_paged_attention.ipynb.
     """
-    return hash((parent, tuple(tokens)))
+    return hash((0 if parent is None else parent, tuple(tokens)))
 
 
 def prefix_hashes(tokens, block_size: int) -> list[int]:

@@ -121,9 +121,8 @@ class LLMEngine:
     def _run(self, rows: list) -> list[StepOutput]:
         """One ragged model call over rows = [(sequence, tokens to run)]; sample the rows that reached their end."""
         t = max(n for _, n in rows)
-        ids = torch.zeros(len(rows), t, dtype=torch.long)  # (B, T), each row's tokens right-aligned
-        for b, (seq, n) in enumerate(rows):
-            ids[b, t - n :] = torch.tensor(seq.tokens[seq.num_computed : seq.num_computed + n])
+        ids = torch.tensor([[0] * (t - n) + seq.tokens[seq.num_computed : seq.num_computed + n]
+                            for seq, n in rows])  # (B, T), each row's tokens right-aligned (left-padded)
         batch = self.cache.batch([seq.request_id for seq, _ in rows], [n for _, n in rows])
         with torch.inference_mode():
             logits = self.model.prefill(ids.to(self.cache.k_pools[0].device), batch, last_only=True)  # (B, V)
