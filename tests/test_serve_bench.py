@@ -37,7 +37,7 @@ from kvgpt.benchmark.serving_report import (
     prefix_prompts,
     prefix_workload,
     record_plans,
-    slot_bytes,
+    static_slot_bytes,
     step_overhead,
 )
 from kvgpt.benchmark.workload import Request, ragged_workload, serve_workload
@@ -108,10 +108,10 @@ def test_wasted_row_steps_counts_what_a_batch_pays_for():
 def test_kv_memory_reserved_vs_used():
     model = cached_model(**MODEL)
     cfg = model.config
-    assert slot_bytes(model) == 2 * cfg.n_layers * cfg.d_model * 4  # K and V, every layer, fp32
+    assert static_slot_bytes(model) == 2 * cfg.n_layers * cfg.d_model * 4  # K and V, every layer, fp32
     requests = [Request((1,) * 5, 4), Request((1,) * 17, 8)]  # 8 and 24 slots used
     rows = {r["layout"].split(" (")[0]: r for r in kv_memory(model, requests, block_size=16, max_num_seqs=2)}
-    per = slot_bytes(model)
+    per = static_slot_bytes(model)
     assert rows["static"]["reserved_bytes"] == 2 * cfg.block_size * per
     assert rows["static batching"]["reserved_bytes"] == 2 * (17 + 8) * per
     assert rows["paged"]["reserved_bytes"] == (16 + 32) * per

@@ -37,7 +37,7 @@ def prefix_workload(quick: bool = False, max_new_tokens: int = 16, tokenizer=Non
     return [Request(tuple(tokenizer.encode(p)), max_new_tokens) for p in prefix_prompts(10 if quick else 50)]
 
 
-def slot_bytes(model) -> int:
+def static_slot_bytes(model) -> int:
     """Bytes of one token's keys and values in every layer, read from a real static cache's storage."""
     cfg = model.config
     cache = KVCacheManager(cfg, 1, "static", capacity=cfg.block_size)
@@ -54,7 +54,7 @@ def kv_memory(model, requests: list[Request], block_size: int = 16, max_num_seqs
     left-padded width of its batch of max_num_seqs (longest prompt + most new tokens, Part I's generate);
     paged = whole blocks of block_size slots. Introduced in notebooks/11_continuous_batching.ipynb.
     """
-    config, per_slot = model.config, slot_bytes(model)
+    config, per_slot = model.config, static_slot_bytes(model)
     used = [len(r.prompt) + r.max_new_tokens - 1 for r in requests]
     batch_width = []
     for first in range(0, len(requests), max_num_seqs):
