@@ -56,8 +56,9 @@ def verify_drafts(p: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor,
 class SpeculativeStats:
     """Counts and times of the last SpeculativeGenerator call (time.perf_counter, milliseconds).
 
-    drafted / accepted count draft tokens over all rounds; accepted_per_round[i] is round i's accepted
-    prefix length (the round then adds one more token from the target).
+    drafted / accepted count draft tokens over all rounds. rounds[i] = {"drafts", "accepted" (the kept prefix
+    length), "target" (the token the target added), "cache" (target cache length after the verify pass,
+    after the crop)}.
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
 
@@ -73,9 +74,19 @@ class SpeculativeStats:
     target_ms: float = 0.0
     total_ms: float = 0.0
     stop_reason: str = "max_new_tokens"
-    accepted_per_round: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)
 
     acceptance_rate = property(lambda self: self.accepted / self.drafted if self.drafted else 0.0)
+    def record(self, round_: dict, n_new: int, draft_passes: int, t0: float, t1: float, start: float) -> None:
+        """Add one round: drafting ran from perf_counter t0 to t1, verifying from t1 to now."""
+        now = time.perf_counter()
+        self.rounds.append(round_)
+        self.draft_ms, self.target_ms = self.draft_ms + (t1 - t0) * 1e3, self.target_ms + (now - t1) * 1e3
+        self.target_passes, self.draft_passes, self.new_tokens = self.target_passes + 1, draft_passes, self.new_tokens + n_new
+        self.drafted, self.accepted = self.drafted + len(round_["drafts"]), self.accepted + round_["accepted"]
+        self.total_ms = (now - start) * 1e3
+
+    accepted_per_round = property(lambda self: [r["accepted"] for r in self.rounds])
     tokens_per_target_pass = property(lambda self: self.new_tokens / self.target_passes if self.target_passes else 0.0)
 
 
@@ -109,13 +120,15 @@ class SpeculativeGenerator:
                eos_token_id=None, cache_kind: str = "static"):
         """Like generate, but yields each new token (ints) as soon as its round is verified."""
         rows = self._check(prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind)
-        return (t for chunk in self._rounds(rows, max_new_tokens, k, sampler, eos_token_id, cache_kind) for t in chunk)
+        rounds = self._rounds(rows, max_new_tokens, k, sampler, eos_token_id, cache_kind)
+        return (t for chunk in rounds for t in chunk)
 
     def _check(self, prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind) -> list:
         cfg = self.target.config
         rows, batched = prompt_rows(prompt, cfg.vocab_size)
         if batched:
-            raise ValueError(f"prompt: speculative decoding here runs one sequence at a time; got a batch of {len(rows)}")
+            raise ValueError(f"prompt: speculative decoding here runs one sequence at a time; "
+                             f"got a batch of {len(rows)}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 0")
         if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k < cfg.block_size:
@@ -149,7 +162,8 @@ class SpeculativeGenerator:
         """Yields each round's new tokens (accepted drafts + the target's token); fills last_stats."""
         model, tokens = self.target, list(tokens)
         device = next(model.parameters()).device
-        stats = self.last_stats = SpeculativeStats(getattr(self.draft, "name", type(self.draft).__name__), k, len(tokens))
+        name = getattr(self.draft, "name", type(self.draft).__name__)
+        stats = self.last_stats = SpeculativeStats(name, k, len(tokens))
         gen = row_generators(None if sampler is None else sampler.seed, 1)[0]
         greedy_mode = sampler is None or sampler.is_greedy
         choose = self._chooser(sampler, gen)
@@ -168,19 +182,15 @@ class SpeculativeGenerator:
                 d = torch.tensor([drafts], dtype=torch.long, device=device).reshape(1, len(drafts))  # (1, K)
                 n, nxt = verify_drafts(p, None if q is None else q[None], d, gen, greedy_mode)
             n = int(n)
-            cached = len(tokens) + n  # the kept prefix; nxt is pending, fed next round
+            verified, cached = cache.length, len(tokens) + n  # the kept prefix; nxt is pending, fed next round
             cache.crop(cached)
             self.draft.rollback(cached)
             new = drafts[:n] + [int(nxt)]
             if eos is not None and eos in new:
                 new, stats.stop_reason = new[: new.index(eos) + 1], "eos"
-            t2 = time.perf_counter()
-            stats.draft_ms, stats.target_ms = stats.draft_ms + (t1 - t0) * 1e3, stats.target_ms + (t2 - t1) * 1e3
-            stats.target_passes, stats.drafted, stats.accepted = stats.target_passes + 1, stats.drafted + len(drafts), stats.accepted + n
-            stats.accepted_per_round.append(n)
-            stats.draft_passes, stats.new_tokens = self.draft.passes, stats.new_tokens + len(new)
+            stats.record({"drafts": drafts, "accepted": n, "target": int(nxt), "cache": (verified, cache.length)},
+                         len(new), self.draft.passes, t0, t1, start)
             tokens += new
-            stats.total_ms = (time.perf_counter() - start) * 1e3
             yield new
             if stats.stop_reason == "eos":
                 return

@@ -14,7 +14,7 @@ from helpers import cached_model, random_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgpt import AutoregressiveGenerator, KVCacheManager, ModelConfig, Sampler
+from kvgpt import AutoregressiveGenerator, KVCacheManager, ModelConfig, Sampler, load_pretrained
 from kvgpt.drafting import DraftModel, NGramDraft
 from kvgpt.speculative import SpeculativeGenerator, verify_drafts
 
@@ -114,13 +114,27 @@ def test_ngram_lookup_proposes_what_followed_the_latest_match():
     assert d.propose([1], 3)[0] == [] and d.propose([1, 2, 1], 0)[0] == []
 
 
-def test_forgetting_to_roll_back_the_target_cache_changes_the_tokens():
+@pytest.mark.parametrize("source", DRAFTS)
+def test_every_round_crops_the_target_cache_to_the_kept_prefix(source):
     prompt = [1, 2, 3, 1, 2]
-    gen = SpeculativeGenerator(target(), noisy_copy(target(), 0.08))
-    assert gen.generate(prompt, 30, k=4) == plain(prompt, 30)
-    assert 0 < gen.last_stats.acceptance_rate < 1  # some drafts are rejected: their keys must go
-    with mock.patch.object(KVCacheManager, "crop", lambda self, length: None):
-        assert gen.generate(prompt, 30, k=4) != plain(prompt, 30)
+    gen = SpeculativeGenerator(target(), DRAFTS[source]())
+    gen.generate(prompt, 30, k=4)
+    length = len(prompt)  # tokens of the sequence so far
+    for r in gen.last_stats.rounds:
+        assert r["cache"] == (length + len(r["drafts"]), length + r["accepted"]), r  # all fed, then cropped
+        length += r["accepted"] + 1
+
+
+@pytest.mark.parametrize("draft", ["shakespeare-char-draft", "ngram"])
+def test_forgetting_to_roll_back_the_target_cache_changes_the_tokens(draft):
+    target_model, tok = load_pretrained("shakespeare-char")
+    source = draft if draft == "ngram" else load_pretrained(draft)[0]
+    prompt = tok.encode("ROMEO:\n")
+    ref = AutoregressiveGenerator(target_model).generate(prompt, 60)
+    gen = SpeculativeGenerator(target_model, source)
+    assert gen.generate(prompt, 60, k=4) == ref and 0 < gen.last_stats.acceptance_rate < 1
+    with mock.patch.object(KVCacheManager, "crop", lambda self, length: None):  # rejected drafts' keys stay
+        assert gen.generate(prompt, 60, k=4) != ref
 
 
 def test_sampling_is_reproducible_per_call_and_refuses_what_it_cannot_do():
