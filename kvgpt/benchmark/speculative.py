@@ -107,3 +107,45 @@ def speculative_sweep(target, drafts: dict, prompt: list, max_new_tokens: int, k
                          "predicted_speedup": s.tokens_per_target_pass / (k * c + v),
                          "break_even": break_even_alpha(k, k * c + v)})
     return pd.DataFrame(rows)
+
+
+def chi_square(tokens: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int, float]:
+    """Pearson's goodness of fit of drawn tokens (N,) to probs (V,); cells expecting < min_expected pooled.
+
+    -> (statistic, degrees of freedom, p-value = chi-square survival function, via the regularised gamma).
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    counts = torch.bincount(tokens, minlength=probs.numel()).double()
+    expected = probs.double() * len(tokens)
+    big = expected >= min_expected
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    df = int(keep.sum()) - 1
+    p_value = float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64),
+                                            torch.tensor(stat / 2.0, dtype=torch.float64)))
+    return stat, df, p_value
+
+
+@torch.inference_mode()
+def first_token_trials(target, draft, prompt: list, sampler, n_rounds: int = 20_000, rule=None, seed: int = 0):
+    """n_rounds independent first rounds with k = 1, vectorised -> (first tokens (N,), p (V,), q (V,)).
+
+    d ~ q(.|prompt) from the draft; the bonus position uses p(.|prompt, d) from one batched target pass
+    over every possible d. `rule` defaults to the package's verify_drafts; pass a broken one to see it caught.
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    from ..speculative import verify_drafts
+
+    rule = verify_drafts if rule is None else rule
+    v, ids = target.config.vocab_size, torch.tensor([prompt])
+    p = sampler.probs(target(ids, last_only=True))[0]  # (V,)
+    q = sampler.probs(draft(ids, last_only=True))[0]  # (V,)
+    after = torch.cat([ids.expand(v, -1), torch.arange(v)[:, None]], 1)  # (V, T + 1): the prompt + each d
+    p_next = sampler.probs(target(after, last_only=True))  # (V, V)
+    g = torch.Generator().manual_seed(seed)
+    d = torch.multinomial(q.expand(n_rounds, v), 1, generator=g)  # (N, 1)
+    P = torch.stack([p.expand(n_rounds, v), p_next[d[:, 0]]], 1)  # (N, 2, V)
+    n, nxt = rule(P, q.expand(n_rounds, 1, v), d, g)
+    return torch.where(n > 0, d[:, 0], nxt), p, q
