@@ -271,3 +271,15 @@ def test_greedy_rule_keeps_the_argmax_prefix():
     drafts = torch.tensor([[1, 0], [1, 1], [0, 0]])
     n, nxt = verify_drafts(p, None, drafts, is_greedy=True)
     assert n.tolist() == [2, 1, 0] and nxt.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("draft", ["ngram", "shakespeare-char-draft"])
+def test_cli_speculative_greedy_writes_the_plain_greedy_text(capsys, draft):
+    from kvgpt.cli import main
+
+    base = ["generate", "--prompt", "ROMEO:", "--max-new-tokens", "80", "--temperature", "0"]
+    assert main(base) == 0
+    plain_text = capsys.readouterr().out
+    assert main(base + ["--draft", draft, "--draft-k", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain_text and "acceptance" in err and "tokens per target pass" in err
