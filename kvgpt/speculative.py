@@ -82,7 +82,8 @@ class SpeculativeStats:
         now = time.perf_counter()
         self.rounds.append(round_)
         self.draft_ms, self.target_ms = self.draft_ms + (t1 - t0) * 1e3, self.target_ms + (now - t1) * 1e3
-        self.target_passes, self.draft_passes, self.new_tokens = self.target_passes + 1, draft_passes, self.new_tokens + n_new
+        self.target_passes, self.draft_passes = self.target_passes + 1, draft_passes
+        self.new_tokens += n_new
         self.drafted, self.accepted = self.drafted + len(round_["drafts"]), self.accepted + round_["accepted"]
         self.total_ms = (now - start) * 1e3
 

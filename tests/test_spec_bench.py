@@ -10,7 +10,8 @@ from helpers import cached_model
 from matplotlib.figure import Figure
 
 from kvgpt.benchmark.speculative import chi_square, speculative_sweep
-from kvgpt.plots.speculative import break_even_alpha, expected_tokens_per_pass, plot_acceptance, plot_rounds, plot_speedup
+from kvgpt.plots.speculative import (break_even_alpha, expected_tokens_per_pass, plot_acceptance, plot_rounds,
+                                     plot_speedup)
 
 
 def test_expected_tokens_per_pass_is_the_geometric_sum():

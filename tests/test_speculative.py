@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgpt import AutoregressiveGenerator, KVCacheManager, ModelConfig, Sampler, load_pretrained
-from kvgpt.drafting import DraftModel, NGramDraft
+from kvgpt.drafting import NGramDraft
 from kvgpt.speculative import SpeculativeGenerator, verify_drafts
 
 CFG = dict(vocab_size=11, n_layers=2, n_heads=2, d_model=32, block_size=48)

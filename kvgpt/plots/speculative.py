@@ -65,7 +65,8 @@ def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
             _ = ax.text(width + 0.1, y + 0.4, f"cache {before} -> crop {after}", va="center", fontsize=8)
     ax.set_xlim(-0.1, width + 2.3)
     ax.set_ylim(-0.2, len(rounds))
-    ax.set_yticks([len(rounds) - 1 - i + 0.4 for i in range(len(rounds))], [f"round {i + 1}" for i in range(len(rounds))])
+    rows = range(len(rounds))
+    ax.set_yticks([len(rounds) - 1 - i + 0.4 for i in rows], [f"round {i + 1}" for i in rows])
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
