@@ -39,7 +39,8 @@ notebooks: $(VENV)/.installed  ## re-execute every notebook in place (rewrites s
 	$(PY) scripts/execute_notebooks.py
 
 demo: $(VENV)/.installed
-	$(PY) -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 240 --temperature 0.8 --top-k 40 --seed 0
+	$(PY) -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 1000 --temperature 0.8 --top-k 40 --seed 0 \
+		--context-policy slide --window 192
 
 bench: $(VENV)/.installed
 	$(PY) -m kvgpt bench

@@ -1,6 +1,8 @@
 """Command line: `kvgpt generate` streams text from a model; `kvgpt bench` / `kvgpt serve-bench` run benchmarks.
 
     python -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0
+    python -m kvgpt generate --max-new-tokens 1000 --context-policy slide --window 192   # past the context
+    python -m kvgpt generate --temperature 0 --draft shakespeare-char-draft --draft-k 4   # speculative
 
 The text (prompt, then each new token as soon as it is chosen) goes to stdout; the one-line summary
 (tokens, prefill ms, decode tokens/s; measured after a one-token warm-up forward) goes to stderr, so
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
     g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
+    g.add_argument("--context-policy", choices=("refuse", "slide"), default="refuse",
+                   help="past the model's context: refuse, or slide (keep the last --window tokens; default: refuse)")
+    g.add_argument("--window", type=int, default=None, help="tokens a slide keeps (default: half the context)")
+    g.add_argument("--draft", default=None,
+                   help="speculative decoding: 'ngram' (prompt lookup) or a draft model name/directory (default: off)")
+    g.add_argument("--draft-k", type=int, default=4, help="draft tokens per target pass (default: %(default)s)")
     g.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default: %(default)s)")
     return parser
@@ -100,13 +108,30 @@ def _setup(args):
     prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")
-    generator = AutoregressiveGenerator(model)
-    stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
-                              cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
+    if args.draft is not None:
+        generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
+    else:
+        generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window)
+        stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
+                                  cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
     with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
         model(torch.tensor([prompt[:1]], device=device))
     first = next(stream, None)  # the prefill and the first draw run before anything is printed
     return tokenizer, generator, stream, first
+
+
+def _speculative(args, model, prompt, sampler, tokenizer, device):
+    """--draft: a SpeculativeGenerator over the target and 'ngram' or a draft model -> (generator, stream)."""
+    from .speculative import SpeculativeGenerator
+
+    if args.context_policy != "refuse" or args.no_cache:
+        raise ValueError("--draft works with the KV cache and --context-policy refuse only")
+    draft = "ngram" if args.draft == "ngram" else load_pretrained(args.draft, device=device)[0]
+    generator = SpeculativeGenerator(model, draft)
+    eos = tokenizer.eos_token_id
+    return generator, generator.stream(prompt, args.max_new_tokens, args.draft_k, sampler,
+                                       eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos,
+                                       cache_kind=args.cache_kind)
 
 
 def _generate(parser: argparse.ArgumentParser, args) -> int:
@@ -141,9 +166,17 @@ def _generate(parser: argparse.ArgumentParser, args) -> int:
 
 
 def summary(stats, args, interrupted: bool = False) -> str:
-    """The closing line: new tokens, prefill time, decode throughput, cache mode."""
+    """The closing line: new tokens, prefill time, decode throughput, cache mode (or the speculative counts)."""
     cache = "no cache" if args.no_cache else f"{args.cache_kind} cache"
     stop = " (interrupted)" if interrupted else ""
+    if hasattr(stats, "acceptance_rate"):  # a SpeculativeStats
+        per_s = stats.new_tokens / (stats.total_ms / 1e3) if stats.total_ms else 0.0
+        return (f"[kvgpt] {stats.new_tokens} new tokens after {stats.prompt_length} prompt tokens{stop} | "
+                f"speculative, {args.draft} k={stats.k}: acceptance {stats.acceptance_rate:.2f}, "
+                f"{stats.tokens_per_target_pass:.2f} tokens per target pass | {per_s:.1f} tokens/s | "
+                f"{cache} | {args.model} on {args.device}")
+    if args.context_policy == "slide":
+        cache += f", slide window {args.window or 'block_size // 2'}: {stats.slides} slides"
     return (f"[kvgpt] {stats.n_new_tokens} new tokens after {stats.n_prompt_tokens} prompt tokens{stop} | "
             f"prefill {stats.prefill_ms:.1f} ms | decode {stats.decode_tokens_per_s:.1f} tokens/s | "
             f"{cache} | {args.model} on {args.device}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import check_token_ids, pad_prompts, prompt_rows
+from .context import check_context_length, check_context_policy, sliding_forward
 from .kv_cache import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
@@ -34,6 +35,7 @@ class GenerationStats:
     stop_reasons: list
     use_cache: bool
     cache_kind: str
+    slides: int = 0  # context slides (re-prefills of the window) under context_policy="slide"
 
     n_prompt_tokens = property(lambda self: sum(self.prompt_lengths))
     n_new_tokens = property(lambda self: sum(self.new_lengths))
@@ -59,6 +61,7 @@ class _Job:
     eos: torch.Tensor | None  # (E,) stop ids
     pad_id: int
     paused: float = 0.0  # seconds a stream consumer held the generator
+    slides: int = 0
 
 
 class AutoregressiveGenerator:
@@ -67,14 +70,17 @@ class AutoregressiveGenerator:
 
     Shapes: a prompt is list[int] or a (T,) LongTensor -> list[int] (prompt + new tokens); a batch is a
     list of prompts (or a (B, T) tensor) -> a list of such lists, unpadded, each stopped at its own EOS.
+    context_policy "refuse" (default) rejects prompt + max_new_tokens > block_size; "slide" keeps the last
+    `window` tokens when the context is full and goes on (kvgpt/context.py).
 
     Introduced in notebooks/05_decoding.ipynb.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, context_policy: str = "refuse", window: int | None = None):
         if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model = model
+        self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
         self.last_stats: GenerationStats | None = None
 
     def generate(self, prompt, max_new_tokens: int, sampler: Sampler | None = None, use_cache: bool = True,
@@ -157,11 +163,14 @@ class AutoregressiveGenerator:
             reasons = ["eos" if f else "max_new_tokens" if steps == job.max_new else "stopped" for f in finish]
             self.last_stats = GenerationStats(
                 (t_first - t_start) * 1e3, max(t_end - t_first - job.paused, 0.0) * 1e3,
-                [len(r) for r in job.rows], [f or steps for f in finish], reasons, job.use_cache, job.cache_kind)
+                [len(r) for r in job.rows], [f or steps for f in finish], reasons, job.use_cache, job.cache_kind,
+                job.slides)
 
     def _forward(self, job: _Job):
         """-> forward(next_ids): logits (B, V) of the last position. The first call (None) runs the prompt."""
         model, (b, t0) = self.model, job.ids.shape
+        if self.window is not None:
+            return sliding_forward(model, job, self.window)
         if job.use_cache:  # sized to exactly this generation
             cache = KVCacheManager(model.config, b, job.cache_kind, capacity=t0 + job.max_new)
 
@@ -216,9 +225,7 @@ class AutoregressiveGenerator:
         if sampler is not None and not isinstance(sampler, Sampler):
             raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
         longest = max(len(r) for r in rows)
-        if longest + max_new_tokens > cfg.block_size:
-            raise ValueError(f"prompt length {longest} + max_new_tokens={max_new_tokens} = {longest + max_new_tokens} "
-                             f"exceeds the model's context block_size={cfg.block_size}")
+        check_context_length(self.window, longest, max_new_tokens, cfg.block_size)
         eos = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
         eos = [] if eos_token_id is None else eos
         check_token_ids("eos_token_id", eos, cfg.vocab_size)

@@ -20,6 +20,15 @@ from .validation import (check_choice, check_config, check_device, check_dtype, 
 CACHE_KINDS = ("static", "dynamic", "int8")  # int8: kvgpt/quantized_cache.py
 
 
+def check_crop_length(length, current: int) -> None:
+    """Raise ValueError unless `length` is an int in 0 .. current (a crop can only shorten a cache).
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= current:
+        raise ValueError(f"length={length!r}: crop needs an int in 0..{current} (the cache's current length)")
+
+
 class KVCache:
     """Keys and values of one layer for positions 0 .. length - 1; the interface both kinds share.
 
@@ -41,6 +50,14 @@ class KVCache:
 
     def reset(self) -> None:
         """Forget every position (a static cache keeps its buffers for the next sequence)."""
+        raise NotImplementedError
+
+    def crop(self, length: int) -> None:
+        """Roll back to the first `length` positions (0 <= length <= self.length): later ones are forgotten.
+
+        What speculative decoding does after the target rejects drafted tokens.
+        Introduced in notebooks/13_speculative_decoding.ipynb.
+        """
         raise NotImplementedError
 
     @property
@@ -100,6 +117,14 @@ class DynamicKVCache(KVCache):
     def reset(self):
         self._k, self._v, self.length = None, None, 0
 
+    def crop(self, length):
+        check_crop_length(length, self.length)
+        if length == 0:
+            return self.reset()
+        if length < self.length:  # own the slice: a view would keep the whole longer tensor alive
+            self._k, self._v = self._k[:, :, :length].clone(), self._v[:, :, :length].clone()
+        self.length = length
+
     keys = property(lambda self: self._k)
     values = property(lambda self: self._v)
     nbytes = property(lambda self: 0 if self._k is None else 2 * self._k.nelement() * self._k.element_size())
@@ -148,6 +173,10 @@ class StaticKVCache(KVCache):
     def reset(self):
         self.length = 0  # stale entries beyond length are never read
 
+    def crop(self, length):
+        check_crop_length(length, self.length)
+        self.length = length  # as reset: the buffers stay, entries beyond length are overwritten later
+
     keys = property(lambda self: None if self.length == 0 else self._k[:, :, : self.length])
     values = property(lambda self: None if self.length == 0 else self._v[:, :, : self.length])
     nbytes = property(lambda self: 0 if self._k is None else 2 * self._k.nelement() * self._k.element_size())
@@ -194,6 +223,16 @@ class KVCacheManager:
         for cache in self.layer_caches:
             cache.reset()
         self.pad_lengths = None
+
+    def crop(self, length: int) -> None:
+        """Roll every layer back to its first `length` slots; the padding of each row is kept.
+
+        Checked once before any layer changes, so a refused crop leaves every layer as it was.
+        Introduced in notebooks/13_speculative_decoding.ipynb.
+        """
+        check_crop_length(length, self.length)
+        for cache in self.layer_caches:
+            cache.crop(length)
 
     @property
     def length(self) -> int:

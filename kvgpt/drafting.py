@@ -1,0 +1,114 @@
+"""Where speculative decoding's guesses come from: a small draft model with its own cache, or prompt lookup.
+
+A draft source proposes up to k next tokens for a sequence; the target model then checks them all in
+one pass (kvgpt/speculative.py). Both sources share one small interface: start() before a generation,
+propose(tokens, k, choose) -> (drafts, q), rollback(n_valid) after the target's verdict.
+Introduced in notebooks/13_speculative_decoding.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kv_cache import KVCacheManager
+
+
+class DraftModel:
+    """A small model drafting k tokens autoregressively from its own KV cache (Leviathan et al. 2023).
+
+    Proposing k tokens costs k draft passes: one prefill of the tokens it has not seen yet (1 or 2 after
+    the first round, the whole prompt at first), then k - 1 one-token steps. The last draft is chosen
+    but never fed, so the cache holds tokens + drafts[:-1]; rollback crops it to what the target kept.
+    Shapes: q (k, V) fp32, the distribution each draft was drawn from (None when chosen greedily).
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+
+    name = "draft model"
+
+    def __init__(self, model, cache_kind: str = "static"):
+        self.model, self.cache_kind = model, cache_kind
+        self.cache: KVCacheManager | None = None
+        self.cached, self.passes = 0, 0  # tokens of the sequence in the draft cache; forward passes so far
+
+    def start(self) -> None:
+        """A fresh cache for a new generation (the passes counter restarts too)."""
+        self.cache = KVCacheManager(self.model.config, 1, self.cache_kind)
+        self.cached, self.passes = 0, 0
+
+    def propose(self, tokens: list, k: int, choose) -> tuple[list, torch.Tensor | None]:
+        """Up to k drafts after `tokens` (fewer when the draft's context runs out); choose(logits (V,)) -> (id, q)."""
+        k = min(k, self.model.config.block_size - len(tokens) + 1)  # feeding tokens + drafts[:-1] must fit
+        if k <= 0:
+            return [], None
+        device = next(self.model.parameters()).device
+        feed = torch.tensor([tokens[self.cached:]], device=device)  # (1, T): what the cache has not seen
+        logits = self.model.prefill(feed, self.cache, last_only=True)[0]  # (V,)
+        drafts, qs = [], []
+        for i in range(k):
+            token, q = choose(logits)
+            drafts.append(token)
+            qs.append(q)
+            if i < k - 1:
+                logits = self.model.forward_step(torch.tensor([token], device=device), self.cache.length, self.cache)[0]
+        self.passes += k
+        self.cached = len(tokens) + k - 1
+        return drafts, (None if qs[0] is None else torch.stack(qs))  # (k, V)
+
+    def rollback(self, n_valid: int) -> None:
+        """The first n_valid tokens of the sequence are final: forget every cached position after them."""
+        self.cached = min(self.cached, n_valid)
+        self.cache.crop(self.cached)
+
+
+class NGramDraft:
+    """Prompt lookup: find the last earlier occurrence of the sequence's final n tokens and propose what
+    followed it (HF's prompt_lookup_num_tokens, Saxena 2023). No second model, no cache, no passes.
+
+    n runs from max_ngram down to min_ngram; the most recent match of the longest n wins; no match -> no
+    drafts (that round is a plain decode step). The drafts are deterministic: q is a one-hot (None here).
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+
+    name = "n-gram lookup"
+    passes = 0
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
+            raise ValueError(f"min_ngram={min_ngram!r}, max_ngram={max_ngram!r}: need ints 1 <= min_ngram <= max_ngram")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def start(self) -> None:
+        """Nothing to reset: the lookup reads only the tokens it is given."""
+
+    def propose(self, tokens: list, k: int, choose=None) -> tuple[list, None]:
+        """Up to k tokens that followed the latest earlier match of the last n tokens; [] if none."""
+        if k <= 0:
+            return [], None
+        for n in range(min(self.max_ngram, len(tokens) - 1), self.min_ngram - 1, -1):
+            pattern = tokens[-n:]
+            for start in range(len(tokens) - n - 1, -1, -1):  # latest first, never the suffix itself
+                if tokens[start:start + n] == pattern:
+                    return tokens[start + n:start + n + k], None
+        return [], None
+
+    def rollback(self, n_valid: int) -> None:
+        """Nothing cached, nothing to roll back."""
+
+
+def as_draft_source(draft):
+    """A draft source from "ngram", a model (-> DraftModel) or an object with start/propose/rollback.
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    if isinstance(draft, str):
+        if draft != "ngram":
+            raise ValueError(f"draft={draft!r}: the only named source is 'ngram' (else pass a model)")
+        return NGramDraft()
+    if isinstance(draft, torch.nn.Module):
+        return DraftModel(draft)
+    if all(hasattr(draft, a) for a in ("start", "propose", "rollback")):
+        return draft
+    raise ValueError(f"draft={draft!r}: must be 'ngram', a MiniGPTInferenceModel or a draft source "
+                     "(start/propose/rollback)")
