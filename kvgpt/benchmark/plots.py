@@ -77,7 +77,7 @@ def plot_memory(memory: pd.DataFrame):
             ax.plot(d.slots, d.measured_bytes / 2**10, marker="o", ms=3, color=color, label=f"{kind}: measured")
             ax.plot(d.slots, d.formula_bytes / 2**10, ls="--", color="k", lw=0.8)
         ax.set(xlabel="positions in the cache", ylabel="KiB", title=f"{name}: KV cache, B={d.batch_size.iloc[0]}")
-        ax.legend(fontsize=8, title="dashed: 2·L·B·H·T·D·bytes", title_fontsize=8)
+        ax.legend(fontsize=8, title="dashed: 2·L·B·H·S·D·bytes", title_fontsize=8)
     return fig
 
 
