@@ -204,6 +204,9 @@ def sample_from_probs(probs: torch.Tensor, generators: list[torch.Generator], ac
     return out.to(probs.device)
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed overflows above it ("Overflow when unpacking long long")
+
+
 class Sampler:
     """Logits -> next token ids: repetition penalty -> temperature -> top-k -> top-p -> softmax -> sample.
 
@@ -218,8 +221,8 @@ class Sampler:
                  repetition_penalty: float = 1.0, seed: int | None = None):
         given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty}
         self.knobs = {name: check_knob(name, value) for name, value in given.items()}
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0):
-            raise ValueError(f"seed={seed!r}: must be None or an int >= 0")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX):
+            raise ValueError(f"seed={seed!r}: must be None or an int in 0 .. 2**64 - 1 (what torch.Generator takes)")
         self.seed = seed
         self._own: list[torch.Generator] = []  # used when sample() is called without generators
 
