@@ -116,6 +116,15 @@ def test_gpt2_tokenizer_from_local_files(tiny_bpe_dir):
     assert tok.encode("a<|endoftext|>")[-1] == 259
 
 
+def test_gpt2_pieces_keep_unknown_ids_visible(tiny_bpe_dir):
+    # decode() drops ids outside the vocabulary (chapter 09's stand-in showed "" for 20 generated ids)
+    pytest.importorskip("transformers")
+    tok = GPT2Tokenizer(tiny_bpe_dir)
+    ids = tok.encode("hello world") + [5000, 259]
+    assert tok.decode(ids) == "hello world<|endoftext|>"  # 5000 vanished
+    assert tok.pieces(ids) == ["he", "ll", "o", " w", "o", "r", "l", "d", "<5000>", "<|endoftext|>"]
+
+
 @pytest.fixture(scope="module")
 def tiny_tok(tiny_bpe_dir):
     pytest.importorskip("transformers")
