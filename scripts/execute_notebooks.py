@@ -1,9 +1,12 @@
 """Re-execute the chapters headless, in order, and store their outputs (what nbval checks against).
 
-Usage: python scripts/execute_notebooks.py [notebooks/NN_name.ipynb ...]   (default: every chapter)
+Usage: python scripts/execute_notebooks.py [notebooks/NN_name.ipynb ...]   (default: every chapter, then the
+solutions notebooks notebooks/solutions_*.ipynb)
 Runs each notebook with nbclient in this interpreter's kernel, from the notebooks/ folder, then strips
 what breaks GitHub's renderer or varies between machines (widget state, Colab and timing metadata,
-Python patch version) and numbers cell ids stably. Prints each notebook's wall time and the total.
+Python patch version) and numbers cell ids stably. language_info keeps what the kernel reports (codemirror
+mode, mimetype, lexer, ...) with the version cut to major.minor: stored as only {"name": "python"}, JupyterLab
+filled it in on opening and every chapter opened "dirty" (unsaved changes). Prints each notebook's wall time and the total.
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 CELL_METADATA_DROP = ("execution", "ExecuteTime", "collapsed", "scrolled", "colab", "outputId", "id")
 
 
+def language_info(reported: dict) -> dict:
+    """The kernel's language_info without the patch version ("3.11.9" -> "3.11"): same for every machine of a minor."""
+    info = dict(reported or {"name": "python"})
+    if "version" in info:
+        info["version"] = ".".join(str(info["version"]).split(".")[:2])
+    return info
+
+
 def clean(nb) -> None:
     for key in ("widgets", "colab", "accelerator", "gpuClass"):
         nb.metadata.pop(key, None)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["language_info"] = language_info(nb.metadata.get("language_info"))
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
         for key in CELL_METADATA_DROP:
@@ -42,7 +53,9 @@ def execute(path: Path) -> float:
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a).resolve() for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    folder = ROOT / "notebooks"
+    paths = [Path(a).resolve() for a in argv] or (sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+                                                  + sorted(folder.glob("solutions_*.ipynb")))
     total = 0.0
     for path in paths:
         seconds = execute(path)

@@ -136,6 +136,17 @@ def test_kernelspec_is_python3_and_no_widget_state(path):
 
 
 @notebook_params
+def test_language_info_is_what_the_kernel_reports(path):
+    # stored as only {"name": "python"}, JupyterLab filled it in on opening and the notebook opened "dirty"
+    info = _read(path)["metadata"].get("language_info", {})
+    missing = [k for k in ("name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer")
+               if k not in info]
+    assert not missing, f"{path.name}: language_info lacks {missing}; re-run scripts/execute_notebooks.py"
+    assert re.fullmatch(r"\d+\.\d+", str(info["version"])), (
+        f"{path.name}: language_info.version {info['version']!r} should be major.minor (no patch version)")
+
+
+@notebook_params
 def test_outputs_stored_from_one_top_to_bottom_run(path):
     cells = _code_cells(_read(path))
     counts = [c.get("execution_count") for _, c in cells]
