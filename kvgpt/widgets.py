@@ -129,19 +129,23 @@ class SamplingPanel:
 
         from .plots import plot_distribution
 
-        fig = Figure(figsize=(8, 6))
-        top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.1, 1]})
         k = self.top_k.value or "off"
         knobs = (f"temperature {self.temperature.value:.2f} · top-k {k} · top-p {self.top_p.value:.2f} · "
                  f"repetition penalty {self.repetition_penalty.value:.2f} · seed {self.seed.value} · "
                  f"max new tokens {self.max_new_tokens.value}")
-        lines = [textwrap.fill(line, 90) or " " for line in (self.text or self.prompt.value).splitlines()][:14]
+        wrapped = [textwrap.fill(line, 90) or " " for line in (self.text or self.prompt.value).splitlines()]
+        lines = "\n".join(wrapped).splitlines()[:14]  # at most 14 lines of text in the picture
+        text_height = 0.16 * (len(lines) + 3)  # inches: two header lines, a gap, the text
+        fig = Figure(figsize=(8, text_height + 3.2))
+        top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [text_height, 3.2]})
         top.axis("off")
         _ = top.text(0, 1, "SamplingPanel (a picture of its state)\n" + knobs, va="top", fontsize=9, weight="bold")
-        _ = top.text(0, 0.78, "\n".join(lines), va="top", family="monospace", fontsize=8)
+        _ = top.text(0, 1 - 3 / (len(lines) + 3), "\n".join(lines), va="top", family="monospace", fontsize=8)
         if self.probs is not None:
             plot_distribution(self.logits.softmax(-1), self.probs, self.tokenizer, self.top,
                               ("softmax(logits)", "after the knobs"), ax=bottom)
+            kept = int((self.probs > 0).sum())
+            _ = bottom.set_title(f"next token after the prompt: kept {kept} of {self.probs.numel()}", fontsize=9)
         fig.tight_layout()
         return fig
 
