@@ -109,9 +109,12 @@ def plot_roofline(points, peak_gflops: float, bandwidth_gbs: float, title: str =
                     fontsize=8, color="0.3")
     for i, (label, d) in enumerate(points.groupby("series", sort=False)):
         _ = ax.plot(d.intensity, d.gflops, marker="o", ls="-", lw=0.8, color=f"C{i}", label=label)
+        stack, last = 0, None
         for _, row in d.iterrows():
-            _ = ax.annotate(row.label, (row.intensity, row.gflops), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=f"C{i}")
+            near = last is not None and abs(np.log(row.intensity / last)) < 0.15  # same spot: stack the labels
+            stack, last = (stack + 1 if near else 0), row.intensity
+            _ = ax.annotate(row.label, (row.intensity, row.gflops), textcoords="offset points",
+                            xytext=(6, -12 - 9 * stack) if i else (4, 4), fontsize=7, color=f"C{i}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte read)",
            ylabel="GFLOP/s achieved", title=title, xlim=(lo, hi))
     _plain_log_ticks(ax.xaxis)
