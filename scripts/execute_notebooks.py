@@ -4,9 +4,10 @@ Usage: python scripts/execute_notebooks.py [notebooks/NN_name.ipynb ...]   (defa
 solutions notebooks notebooks/solutions_*.ipynb)
 Runs each notebook with nbclient in this interpreter's kernel, from the notebooks/ folder, then strips
 what breaks GitHub's renderer or varies between machines (widget state, Colab and timing metadata,
-Python patch version) and numbers cell ids stably. language_info keeps what the kernel reports (codemirror
-mode, mimetype, lexer, ...) with the version cut to major.minor: stored as only {"name": "python"}, JupyterLab
-filled it in on opening and every chapter opened "dirty" (unsaved changes). Prints each notebook's wall time and the total.
+and numbers cell ids stably. language_info keeps exactly what the kernel reports (version, codemirror mode,
+mimetype, lexer, ...): JupyterLab writes the kernel's language_info into the notebook when it connects, so a
+stored {"name": "python"} -- or a version cut to "3.11" -- made every chapter open "dirty" (unsaved changes;
+tests/test_browser.py checks it). The price: re-executing with another Python patch version changes that line. Prints each notebook's wall time and the total.
 """
 
 from __future__ import annotations
@@ -23,19 +24,11 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 CELL_METADATA_DROP = ("execution", "ExecuteTime", "collapsed", "scrolled", "colab", "outputId", "id")
 
 
-def language_info(reported: dict) -> dict:
-    """The kernel's language_info without the patch version ("3.11.9" -> "3.11"): same for every machine of a minor."""
-    info = dict(reported or {"name": "python"})
-    if "version" in info:
-        info["version"] = ".".join(str(info["version"]).split(".")[:2])
-    return info
-
-
 def clean(nb) -> None:
     for key in ("widgets", "colab", "accelerator", "gpuClass"):
         nb.metadata.pop(key, None)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    nb.metadata["language_info"] = language_info(nb.metadata.get("language_info"))
+    nb.metadata.setdefault("language_info", {"name": "python"})  # as the kernel reported it (see above)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
         for key in CELL_METADATA_DROP:

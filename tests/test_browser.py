@@ -140,8 +140,10 @@ def test_panel_works_in_jupyterlab(lab, browser):
     driver.get(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}")
     _wait(driver, _kernel_idle, 120)
     time.sleep(1)  # let the kernel's info reach the notebook model
-    dirty = driver.execute_script("return window.jupyterapp.shell.currentWidget.context.model.dirty;")
-    assert not dirty, "the notebook opened with unsaved changes (stored metadata differs from the kernel's)"
+    dirty, metadata = driver.execute_script("""
+        const model = window.jupyterapp.shell.currentWidget.context.model;
+        return [model.dirty, JSON.stringify(model.metadata)];""")
+    assert not dirty, f"the notebook opened with unsaved changes; its metadata in the browser: {metadata}"
 
     # clear the stored outputs (and execution counts), run every cell, wait until each has run again
     driver.execute_script("""

@@ -140,13 +140,13 @@ def test_kernelspec_is_python3_and_no_widget_state(path):
 
 @every_notebook
 def test_language_info_is_what_the_kernel_reports(path):
-    # stored as only {"name": "python"}, JupyterLab filled it in on opening and the notebook opened "dirty"
+    # stored as only {"name": "python"} (or "3.11" for "3.11.7"), JupyterLab rewrote it on opening: "dirty"
     info = _read(path)["metadata"].get("language_info", {})
     missing = [k for k in ("name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer")
                if k not in info]
     assert not missing, f"{path.name}: language_info lacks {missing}; re-run scripts/execute_notebooks.py"
-    assert re.fullmatch(r"\d+\.\d+", str(info["version"])), (
-        f"{path.name}: language_info.version {info['version']!r} should be major.minor (no patch version)")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(info["version"])), (
+        f"{path.name}: language_info.version {info['version']!r} is not the kernel's full version (Lab would rewrite it)")
 
 
 @every_notebook
