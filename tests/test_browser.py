@@ -146,9 +146,12 @@ def test_panel_works_in_jupyterlab(lab, browser):
     assert not dirty, f"the notebook opened with unsaved changes; its metadata in the browser: {metadata}"
 
     # clear the stored outputs (and execution counts), run every cell, wait until each has run again
-    driver.execute_script("""
-        return window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')
-            .then(() => window.jupyterapp.commands.execute('notebook:run-all-cells'));""")
+    counts = """return window.jupyterapp.shell.currentWidget.content.widgets
+                    .filter(c => c.model.type === 'code').map(c => c.model.executionCount);"""
+    driver.execute_script("return window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs');")
+    _wait(driver, lambda d: all(n is None for n in d.execute_script(counts)), 30)
+    # not awaited: the command's promise resolves only when every cell has run (longer than a webdriver call)
+    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells'); return true;")
     _wait(driver, lambda d: d.execute_script("""
         const code = window.jupyterapp.shell.currentWidget.content.widgets.filter(c => c.model.type === 'code');
         return code.every(c => c.model.executionCount !== null);"""), RUN_ALL_S)
