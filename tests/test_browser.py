@@ -55,6 +55,7 @@ if _missing():
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -112,7 +113,14 @@ def browser(tmp_path_factory):
 
 
 def _wait(driver, what, timeout: float = 60):
-    return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: what(d))
+    # widgets re-render (the chart's <img> is replaced at every redraw): a stale element just means "look again"
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,))
+    try:
+        return wait.until(lambda d: what(d))
+    except TimeoutException:
+        panels = driver.find_elements(By.CSS_SELECTOR, ".widget-vbox")
+        shown = panels[0].text if panels else "(no panel)"
+        raise AssertionError(f"timed out after {timeout} s; the panel shows:\n{shown[-1500:]}") from None
 
 
 def _kernel_idle(driver) -> bool:
@@ -161,10 +169,11 @@ def test_panel_works_in_jupyterlab(lab, browser):
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-vbox .widget-slider"), 30)
     assert len(driver.find_elements(By.CSS_SELECTOR, ".widget-vbox .widget-slider")) == 5  # the panel's knobs
     for label in ("temperature (0=greedy)", "top-k (0=off)", "repetition penalty"):
-        assert _slider(driver, label).find_element(By.CSS_SELECTOR, ".widget-label").text == label  # not cut
+        shown = _wait(driver, lambda d: _slider(d, label).find_element(By.CSS_SELECTOR, ".widget-label"), 30)
+        assert shown.size["width"] >= shown.get_property("scrollWidth"), f"label {label!r} is cut"
 
     # move a knob (type into top-k's readout, as a reader can) and see the chart change
-    before = _chart_src(driver)
+    before = _wait(driver, _chart_src, 30)
     assert before.startswith("data:image/png")
     readout = _slider(driver, "top-k").find_element(By.CSS_SELECTOR, ".widget-readout")
     readout.click()
@@ -182,6 +191,7 @@ def test_panel_works_in_jupyterlab(lab, browser):
     _wait(driver, lambda d: " tokens · prefill " in d.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel").text, 120)
 
     # an unknown character becomes a message in the panel
+    prompt = driver.find_element(By.CSS_SELECTOR, ".widget-vbox textarea")
     prompt.send_keys("é")
     driver.find_element(By.CSS_SELECTOR, ".widget-vbox .widget-slider .widget-label").click()  # blur: commit
     _wait(driver, lambda d: "is not in the vocabulary" in d.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel").text, 60)
