@@ -155,7 +155,10 @@ class GPT2Tokenizer:
         """
         out = []
         for i in _ids_to_list(ids):
-            known = i < self._tok.n_vocab if self._kind == "tiktoken" else self._tok.convert_ids_to_tokens(i) is not None
+            if self._kind == "tiktoken":
+                known = i < self._tok.n_vocab
+            else:
+                known = self._tok.convert_ids_to_tokens(i) is not None
             out.append(self._tok.decode([i]) if known else f"<{i}>")
         return out
 

@@ -7,7 +7,8 @@ what breaks GitHub's renderer or varies between machines (widget state, Colab an
 and numbers cell ids stably. language_info keeps exactly what the kernel reports (version, codemirror mode,
 mimetype, lexer, ...): JupyterLab writes the kernel's language_info into the notebook when it connects, so a
 stored {"name": "python"} -- or a version cut to "3.11" -- made every chapter open "dirty" (unsaved changes;
-tests/test_browser.py checks it). The price: re-executing with another Python patch version changes that line. Prints each notebook's wall time and the total.
+tests/test_browser.py checks it). The price: re-executing with another Python patch version changes that line.
+Prints each notebook's wall time and the total.
 """
 
 from __future__ import annotations

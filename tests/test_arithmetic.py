@@ -69,7 +69,8 @@ def test_compute_bound_batch_solves_the_balance():
     ridge = 10.0
     b = compute_bound_batch(GPT2_SMALL, 64, ridge)
     assert math.isfinite(b)
-    assert math.isclose(decode_flops(GPT2_SMALL, 1, 64) * b,
-                        ridge * (parameter_count(GPT2_SMALL) * 4 + kv_formula_bytes(GPT2_SMALL, 1, 64) * b), rel_tol=1e-9)
-    assert arithmetic_intensity(GPT2_SMALL, math.ceil(b), 64) >= ridge > arithmetic_intensity(GPT2_SMALL, math.floor(b), 64)
+    bytes_at_b = parameter_count(GPT2_SMALL) * 4 + kv_formula_bytes(GPT2_SMALL, 1, 64) * b
+    assert math.isclose(decode_flops(GPT2_SMALL, 1, 64) * b, ridge * bytes_at_b, rel_tol=1e-9)
+    above, below = (arithmetic_intensity(GPT2_SMALL, n, 64) for n in (math.ceil(b), math.floor(b)))
+    assert above >= ridge > below
     assert compute_bound_batch(GPT2_SMALL, 1024, ridge) == math.inf  # per-row KV reads never amortize

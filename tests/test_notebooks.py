@@ -146,7 +146,8 @@ def test_language_info_is_what_the_kernel_reports(path):
                if k not in info]
     assert not missing, f"{path.name}: language_info lacks {missing}; re-run scripts/execute_notebooks.py"
     assert re.fullmatch(r"\d+\.\d+\.\d+", str(info["version"])), (
-        f"{path.name}: language_info.version {info['version']!r} is not the kernel's full version (Lab would rewrite it)")
+        f"{path.name}: language_info.version {info['version']!r} is not the kernel's full version "
+        "(Lab would rewrite it)")
 
 
 @every_notebook
