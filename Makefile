@@ -1,15 +1,18 @@
 # kvgpt: every target installs what it needs into .venv on first use.
-#   make lab    open the tutorial (JupyterLab on notebooks/)
-#   make test   run every test: unit, property, transformers parity and the notebooks under nbval
+#   make lab    open the tutorial (JupyterLab on the repository, at notebooks/01_config.ipynb)
+#   make test   run every test: unit, property, transformers parity, the notebooks under nbval, the browser test
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch first: an open-ended `torch` requirement would pull a multi-GB CUDA build. Override for your platform,
-# e.g. make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# torch first, on its own line. On Linux the public index's torch (pinned or not) is the CUDA build and pulls
+# ~19 nvidia/cuda/triton wheels (several GB); the CPU wheel comes from PyTorch's CPU index:
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
+# extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--port 8899 --no-browser"
+LAB_ARGS ?=
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: lab test unit nbval notebooks demo bench bench-quick serve-bench serve-bench-quick vllm-env vllm-parity figures colab-url clean
+.PHONY: lab test unit nbval browser notebooks demo bench bench-quick serve-bench serve-bench-quick vllm-env vllm-parity vllm-bench figures colab-url clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +26,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 # JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it is fine
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# root_dir = the repository, so the file browser reaches kvgpt/*.py too (a file argument alone would make
+# its folder, notebooks/, the root)
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks/01_config.ipynb
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) notebooks/01_config.ipynb
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(NBVAL) tests notebooks
@@ -34,6 +39,14 @@ unit: $(VENV)/.installed
 
 nbval: $(VENV)/.installed
 	$(PY) -m pytest $(NBVAL) notebooks
+
+# Debian's chromium + chromedriver for tests/test_browser.py (which skips, saying why, without them);
+# needs root and apt-get, so it is its own target: .ci/run calls it before make test
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "make browser: needs root and apt-get (Debian/Ubuntu); install chromium and chromedriver yourself"; fi
 
 notebooks: $(VENV)/.installed  ## re-execute every notebook in place (rewrites stored outputs)
 	$(PY) scripts/execute_notebooks.py

@@ -2,7 +2,7 @@
 
 `load_hf` reads a local directory (offline) or downloads a hub name ("gpt2") when online;
 `to_hf` builds a transformers GPT2LMHeadModel holding exactly kvgpt's weights (for comparisons).
-Introduced in notebooks/08_benchmarks.ipynb.
+Introduced in notebooks/08_benchmarks.ipynb (to_hf) and notebooks/09_gpt2.ipynb (load_hf).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def load_hf(name_or_dir: str | os.PathLike, dtype=None, device=None) -> MiniGPTI
     `name_or_dir`: a directory with config.json and model.safetensors (or pytorch_model.bin), or a
     hub name such as "gpt2" (downloaded when online). Errors name the file and the key.
 
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/09_gpt2.ipynb.
     """
     dtype, device = check_dtype("dtype", dtype), check_device("device", device)  # before any file is read
     directory = resolve_dir(name_or_dir)

@@ -235,6 +235,8 @@ def sample_from_probs(probs: torch.Tensor, generators: list[torch.Generator], ac
     return out.to(probs.device)
 
 
+
+
 class Sampler:
     """Logits -> next token ids: repetition penalty -> temperature -> top-k -> top-p -> softmax -> sample.
 

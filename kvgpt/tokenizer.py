@@ -141,9 +141,9 @@ class GPT2Tokenizer:
     `name_or_dir`: a GPT-2 hub name -> tiktoken's "gpt2" encoding (its two files are downloaded once,
     on first use, then cached); a local directory with HuggingFace tokenizer files (vocab.json +
     merges.txt, or tokenizer.json) -> transformers' fast tokenizer, offline.
-    Shapes: encode str -> T ids; decode (T,) ids -> str.
+    Shapes: encode str -> T ids; decode (T,) ids -> str; pieces (T,) ids -> T strings.
 
-    Introduced in notebooks/05_decoding.ipynb.
+    Introduced in notebooks/09_gpt2.ipynb.
     """
 
     def __init__(self, name_or_dir: str | os.PathLike = "gpt2"):
@@ -174,6 +174,21 @@ class GPT2Tokenizer:
         if bad is not None:  # a backend would raise deep inside (tiktoken) or fail on a None token (transformers)
             raise ValueError(f"token id {bad} is outside the vocabulary's ids 0..{self._id_limit - 1}")
         return self._tok.decode(ids)
+
+    def pieces(self, ids) -> list[str]:
+        """One string per id: the text of that token alone, or "<id>" for an id this tokenizer has no entry for.
+
+        decode() silently drops such ids (a vocabulary smaller than the model's, as in a stand-in
+        tokenizer): the pieces keep every generated id visible.
+        """
+        out = []
+        for i in _ids_to_list(ids):
+            if self._kind == "tiktoken":
+                known = i < self._tok.n_vocab
+            else:
+                known = self._tok.convert_ids_to_tokens(i) is not None
+            out.append(self._tok.decode([i]) if known else f"<{i}>")
+        return out
 
     def __repr__(self) -> str:
         return f"GPT2Tokenizer({self.source!r}, backend={self._kind}, vocab_size={self.vocab_size})"

@@ -80,6 +80,8 @@ def check_real(name: str, value, ok, allowed: str) -> float:
 
 def check_seed(name: str, seed) -> int | None:
     """None or an int in 0 .. 2**64 - 1 (torch.Generator's range); numpy ints become int."""
+    if is_int(seed) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        fail_value(name, seed, "None or an int in 0 .. 2**64 - 1 (what torch.Generator takes)")
     return None if seed is None else check_int(name, seed, *SEED_RANGE)
 
 

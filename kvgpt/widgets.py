@@ -17,7 +17,8 @@ import torch
 from .generation import AutoregressiveGenerator
 from .sampling import Sampler
 
-SLIDER = {"continuous_update": False, "style": {"description_width": "150px"}}  # redraw on release only
+# redraw on release only; "initial" sizes each label to its text, so none is cut ("temperature (0=gre...")
+SLIDER = {"continuous_update": False, "style": {"description_width": "initial"}}
 
 
 class SamplingPanel:
@@ -26,7 +27,9 @@ class SamplingPanel:
     `widget` is the VBox to display. Every control is an attribute (prompt, temperature, top_k, top_p,
     repetition_penalty, max_new_tokens, seed, button); results land in `output` (HTML, the text),
     `chart` (Output, the distribution), `message` (HTML, errors and stats) and in `text`, `logits`,
-    `probs` for code. Bad input becomes a message in the panel, never an exception.
+    `probs` for code. Bad input becomes a message in the panel, never an exception. The max-new-tokens
+    slider's bound follows the prompt (prompt + new tokens <= block_size). `snapshot()` draws the panel's
+    state as one matplotlib Figure: the static picture a reader without a live kernel (GitHub) can see.
     Shapes: logits (V,) the model's raw scores after the prompt; probs (V,) what the knobs make of them.
 
     Introduced in notebooks/06_sampling.ipynb.
@@ -36,6 +39,7 @@ class SamplingPanel:
         self.model, self.tokenizer, self.top = model, tokenizer, top
         self.generator = AutoregressiveGenerator(model)
         self.text, self.logits, self.probs, self._ids = "", None, None, None  # _ids: the prompt behind logits
+        self._stats = ""  # the last generation's stats line, kept when a knob moves afterwards
         self._build(prompt, max_new_tokens)
         self.button.on_click(lambda _: self.generate())
         for control in [self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty]:
@@ -47,7 +51,8 @@ class SamplingPanel:
         import ipywidgets as w
 
         block, vocab = self.model.config.block_size, self.model.config.vocab_size
-        self.prompt = w.Textarea(value=prompt, description="prompt", continuous_update=False)
+        self.prompt = w.Textarea(value=prompt, description="prompt", continuous_update=False,
+                                 layout=w.Layout(width="95%"))
         self.temperature = w.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="temperature (0=greedy)",
                                          **SLIDER)
         self.top_k = w.IntSlider(value=0, min=0, max=vocab, description="top-k (0=off)", **SLIDER)
@@ -56,7 +61,7 @@ class SamplingPanel:
                                                 description="repetition penalty", **SLIDER)
         self.max_new_tokens = w.IntSlider(value=min(max_new_tokens, block - 1), min=1, max=block - 1,
                                           description="max new tokens", **SLIDER)
-        self.seed = w.IntText(value=0, description="seed", style=SLIDER["style"])
+        self.seed = w.IntText(value=0, description="seed (0 .. 2**64-1)", style=SLIDER["style"])
         self.button = w.Button(description="Generate", button_style="primary")
         self.output, self.message, self.chart = w.HTML(), w.HTML(), w.Output()
         left = w.VBox([self.temperature, self.top_k, self.seed])
@@ -86,8 +91,9 @@ class SamplingPanel:
                 self._show_text(self.prompt.value, self.tokenizer.decode(new))
             self.text = self.prompt.value + self.tokenizer.decode(new)
             stats = self.generator.last_stats
-            self._say(f"{stats.n_new_tokens} tokens · prefill {stats.prefill_ms:.0f} ms · "
-                      f"decode {stats.decode_tokens_per_s:.0f} tokens/s · {sampler!r}")
+            self._stats = (f"{stats.n_new_tokens} tokens · prefill {stats.prefill_ms:.0f} ms · "
+                           f"decode {stats.decode_tokens_per_s:.0f} tokens/s · {sampler!r}")
+            self._say(self._stats)
         except Exception as e:  # noqa: BLE001 -- a UI callback has nowhere to raise to: JupyterLab would swallow it
             self._say(f"{type(e).__name__}: {e}", error=True)
         return self.text
@@ -98,12 +104,50 @@ class SamplingPanel:
             ids = self.prompt_ids()
             if ids != self._ids:  # only the knobs changed: the model need not run again
                 self.logits, self._ids = self._next_logits(ids), ids  # (V,)
+                self._bound_new_tokens(len(ids))
             self.probs = self.sampler().probs(self.logits, history=ids)  # (V,)
             self._draw(self.logits.softmax(-1), self.probs)
-            self._say("")
+            self._say(self._stats)
         except Exception as e:  # noqa: BLE001 -- as in generate: show it, keep the panel alive
             self.probs, self.chart.outputs = None, ()
             self._say(f"{type(e).__name__}: {e}", error=True)
+
+    def _bound_new_tokens(self, prompt_len: int) -> None:
+        """Let the slider reach exactly what fits: prompt_len + max_new_tokens <= block_size."""
+        room = max(self.model.config.block_size - prompt_len, 1)
+        self.max_new_tokens.value = min(self.max_new_tokens.value, room)  # lower the value before the bound
+        self.max_new_tokens.max = room
+
+    def snapshot(self):
+        """The panel's current state as one matplotlib Figure: knob values, the text, the distribution chart.
+
+        A live widget needs a kernel; this picture is what a stored notebook (GitHub) can show instead.
+        """
+        import textwrap
+
+        from matplotlib.figure import Figure
+
+        from .plots import plot_distribution
+
+        k = self.top_k.value or "off"
+        knobs = (f"temperature {self.temperature.value:.2f} · top-k {k} · top-p {self.top_p.value:.2f} · "
+                 f"repetition penalty {self.repetition_penalty.value:.2f} · seed {self.seed.value} · "
+                 f"max new tokens {self.max_new_tokens.value}")
+        wrapped = [textwrap.fill(line, 90) or " " for line in (self.text or self.prompt.value).splitlines()]
+        lines = "\n".join(wrapped).splitlines()[:14]  # at most 14 lines of text in the picture
+        text_height = 0.16 * (len(lines) + 3)  # inches: two header lines, a gap, the text
+        fig = Figure(figsize=(8, text_height + 3.2))
+        top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [text_height, 3.2]})
+        top.axis("off")
+        _ = top.text(0, 1, "SamplingPanel (a picture of its state)\n" + knobs, va="top", fontsize=9, weight="bold")
+        _ = top.text(0, 1 - 3 / (len(lines) + 3), "\n".join(lines), va="top", family="monospace", fontsize=8)
+        if self.probs is not None:
+            plot_distribution(self.logits.softmax(-1), self.probs, self.tokenizer, self.top,
+                              ("softmax(logits)", "after the knobs"), ax=bottom)
+            kept = int((self.probs > 0).sum())
+            _ = bottom.set_title(f"next token after the prompt: kept {kept} of {self.probs.numel()}", fontsize=9)
+        fig.tight_layout()
+        return fig
 
     def _next_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's logits for the token after the prompt (its last block_size tokens). -> (V,) fp32 on CPU."""

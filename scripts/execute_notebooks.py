@@ -1,9 +1,14 @@
 """Re-execute the chapters headless, in order, and store their outputs (what nbval checks against).
 
-Usage: python scripts/execute_notebooks.py [notebooks/NN_name.ipynb ...]   (default: every chapter)
+Usage: python scripts/execute_notebooks.py [notebooks/NN_name.ipynb ...]   (default: every chapter, then the
+solutions notebooks notebooks/solutions_*.ipynb)
 Runs each notebook with nbclient in this interpreter's kernel, from the notebooks/ folder, then strips
 what breaks GitHub's renderer or varies between machines (widget state, Colab and timing metadata,
-Python patch version) and numbers cell ids stably. Prints each notebook's wall time and the total.
+and numbers cell ids stably. language_info keeps exactly what the kernel reports (version, codemirror mode,
+mimetype, lexer, ...): JupyterLab writes the kernel's language_info into the notebook when it connects, so a
+stored {"name": "python"} -- or a version cut to "3.11" -- made every chapter open "dirty" (unsaved changes;
+tests/test_browser.py checks it). The price: re-executing with another Python patch version changes that line.
+Prints each notebook's wall time and the total.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ def clean(nb) -> None:
     for key in ("widgets", "colab", "accelerator", "gpuClass"):
         nb.metadata.pop(key, None)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata.setdefault("language_info", {"name": "python"})  # as the kernel reported it (see above)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
         for key in CELL_METADATA_DROP:
@@ -42,7 +47,9 @@ def execute(path: Path) -> float:
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a).resolve() for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    folder = ROOT / "notebooks"
+    paths = [Path(a).resolve() for a in argv] or (sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+                                                  + sorted(folder.glob("solutions_*.ipynb")))
     total = 0.0
     for path in paths:
         seconds = execute(path)

@@ -1,5 +1,6 @@
 """Structural checks over every chapter notebook (notebooks/NN_*.ipynb): header, template, stored outputs,
-one source of truth, and the package's "Introduced in notebooks/..." back-references.
+one source of truth, and the package's "Introduced in notebooks/..." back-references. The solutions
+notebooks (notebooks/solutions_*.ipynb) get the same hygiene checks, without the chapter template.
 
 Only JSON and Python source are parsed (no kernel, no torch import), so this file runs in about a second;
 nbval (`make test`) re-executes the notebooks and compares their outputs.
@@ -18,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kvgpt"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks").glob("solutions_*.ipynb"))  # not chapters: no header, same hygiene
 BACKREF = re.compile(r"Introduced\s+in\s+(notebooks/\d\d_\w+\.ipynb)")
 MAGIC_LINE = re.compile(r"^(\s*)[%!].*$", re.MULTILINE)  # IPython magics / shell lines are not Python
 
@@ -126,16 +128,29 @@ def _top_level_definitions(tree: ast.Module):
 
 
 notebook_params = pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+every_notebook = pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.name)
 
 
-@notebook_params
+@every_notebook
 def test_kernelspec_is_python3_and_no_widget_state(path):
     meta = _read(path)["metadata"]
     assert meta.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec {meta.get('kernelspec')}"
     assert "widgets" not in meta, f"{path.name}: metadata.widgets breaks GitHub's renderer; re-run execute_notebooks.py"
 
 
-@notebook_params
+@every_notebook
+def test_language_info_is_what_the_kernel_reports(path):
+    # stored as only {"name": "python"} (or "3.11" for "3.11.7"), JupyterLab rewrote it on opening: "dirty"
+    info = _read(path)["metadata"].get("language_info", {})
+    missing = [k for k in ("name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer")
+               if k not in info]
+    assert not missing, f"{path.name}: language_info lacks {missing}; re-run scripts/execute_notebooks.py"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(info["version"])), (
+        f"{path.name}: language_info.version {info['version']!r} is not the kernel's full version "
+        "(Lab would rewrite it)")
+
+
+@every_notebook
 def test_outputs_stored_from_one_top_to_bottom_run(path):
     cells = _code_cells(_read(path))
     counts = [c.get("execution_count") for _, c in cells]
@@ -146,7 +161,7 @@ def test_outputs_stored_from_one_top_to_bottom_run(path):
     assert any(c["outputs"] for _, c in cells), f"{path.name}: no stored outputs at all"
 
 
-@notebook_params
+@every_notebook
 def test_no_stored_errors(path):
     for i, cell in _code_cells(_read(path)):
         errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
@@ -175,7 +190,7 @@ def test_chapter_template_headings(path):
         assert heading in headings, f"{path.name}: missing the heading {heading!r}"
 
 
-@notebook_params
+@every_notebook
 def test_imports_kvgpt(path):
     nb = _read(path)
     for i, cell in _code_cells(nb):
@@ -187,7 +202,7 @@ def test_imports_kvgpt(path):
     pytest.fail(f"{path.name}: no code cell imports from kvgpt")
 
 
-@notebook_params
+@every_notebook
 def test_no_package_code_redefined(path):
     clashes = []
     for i, cell in _code_cells(_read(path)):
@@ -207,3 +222,30 @@ def test_backreference_points_at_an_existing_notebook(ref):
     users = BACKREFS[ref]
     shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
     assert (ROOT / ref).is_file(), f"{ref} does not exist but is named by {shown}"
+
+
+def _text_outputs(cell: dict) -> str:
+    parts = []
+    for out in cell["outputs"]:
+        text = out.get("text") or out.get("data", {}).get("text/plain", "")
+        parts.append("".join(text) if isinstance(text, list) else text)
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_solution_ends_in_a_passing_check(path):
+    # a solution section starts at a "**N. ..." markdown cell; its last code cell must print True (and no False),
+    # and be checked by nbval (no NBVAL_IGNORE_OUTPUT)
+    cells = _read(path)["cells"]
+    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.match(r"\*\*\d\. ", _source(c))]
+    assert len(starts) >= 3, f"{path.name}: found {len(starts)} solutions"
+    for i in starts:
+        block = []
+        for cell in cells[i + 1:]:
+            if cell["cell_type"] != "code":
+                break
+            block.append(cell)
+        assert block, f"{path.name}: solution at cell {i} has no code"
+        last, shown = block[-1], _text_outputs(block[-1])
+        assert "NBVAL_IGNORE_OUTPUT" not in _source(last), f"{path.name}: solution at cell {i} is not checked"
+        assert "True" in shown and "False" not in shown, f"{path.name}: solution at cell {i} prints {shown[-200:]!r}"

@@ -107,3 +107,14 @@ def test_smaller_caches_pictures():
     assert isinstance(plots.plot_head_sharing(8, (8, 2, 1)), Figure)
     k = torch.randn(1, 2, 6, 4)
     assert isinstance(plots.plot_kv_spread(k, -k, title="layer 0"), Figure)
+
+
+def test_roofline_picture():
+    points = pd.DataFrame({"series": ["batch"] * 2 + ["steps"] * 2, "label": ["B=1", "B=4", "S=64", "S=128"],
+                           "intensity": [0.5, 2.0, 0.5, 0.5], "gflops": [10.0, 30.0, 11.0, 10.5]})
+    fig = plots.plot_roofline(points, peak_gflops=300.0, bandwidth_gbs=30.0)
+    ax = fig.axes[0]
+    roof = ax.lines[0].get_ydata()
+    assert roof.max() == 300.0 and abs(roof.min() / ax.lines[0].get_xdata().min() - 30.0) < 1e-9  # min(P, x * W)
+    assert [t.get_text() for t in ax.texts][1:] == ["B=1", "B=4", "S=64", "S=128"]  # after the ridge label
+    assert ax.get_xscale() == ax.get_yscale() == "log"

@@ -116,6 +116,17 @@ def test_gpt2_tokenizer_from_local_files(tiny_bpe_dir):
     assert tok.encode("a<|endoftext|>")[-1] == 259
 
 
+def test_gpt2_pieces_keep_unknown_ids_visible(tiny_bpe_dir):
+    # decode() refuses ids outside the vocabulary (naming one); pieces() shows each id, unknown ones as <id>
+    pytest.importorskip("transformers")
+    tok = GPT2Tokenizer(tiny_bpe_dir)
+    ids = tok.encode("hello world") + [5000, 259]
+    with pytest.raises(ValueError, match="5000"):
+        tok.decode(ids)
+    assert tok.decode(ids[:-2] + ids[-1:]) == "hello world<|endoftext|>"
+    assert tok.pieces(ids) == ["he", "ll", "o", " w", "o", "r", "l", "d", "<5000>", "<|endoftext|>"]
+
+
 @pytest.fixture(scope="module")
 def tiny_tok(tiny_bpe_dir):
     pytest.importorskip("transformers")

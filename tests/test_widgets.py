@@ -111,7 +111,7 @@ def test_chart_distribution_is_the_samplers(k, p, t):
     ({"prompt": "héllo"}, "'é' at position 1 is not in the vocabulary"),
     ({"temperature": float("nan")}, "temperature=nan"),
     ({"seed": -1}, "seed=-1"),
-    ({"prompt": "a" * 60, "max_new_tokens": 10}, "block_size=64"),
+    ({"seed": 10**20}, "seed=100000000000000000000: must be None or an int in 0 .. 2**64 - 1"),
 ])
 def test_bad_input_is_a_message_not_an_exception(panel, setting, words):
     for name, value in setting.items():
@@ -149,3 +149,49 @@ def test_controls_are_in_the_widget(panel):
         assert getattr(panel, name) in found, name
     assert isinstance(panel.widget, w.VBox)
     assert all(not getattr(s, "continuous_update", False) for s in found if isinstance(s, (w.FloatSlider, w.IntSlider)))
+
+
+def test_labels_are_sized_to_their_text(panel):
+    # a fixed description_width cut "temperature (0=greedy)" to "temperature (0=gre..." in the browser
+    for name in ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"):
+        assert getattr(panel, name).style.description_width == "initial", name
+
+
+def test_max_new_tokens_bound_follows_the_prompt(panel):
+    block = MODEL.config.block_size
+    assert panel.max_new_tokens.max == block - len("ROMEO:\n")
+    panel.max_new_tokens.value = panel.max_new_tokens.max
+    assert panel.generate() and "#b00020" not in panel.message.value  # the largest value the slider allows works
+    panel.prompt.value = "a" * 60
+    assert panel.max_new_tokens.max == block - 60 and panel.max_new_tokens.value == block - 60
+    panel.prompt.value = "a" * 70  # longer than the context: the model sees its last block_size tokens
+    assert panel.max_new_tokens.max == 1
+
+
+@pytest.mark.parametrize("seed", [10**20, 2**64])
+def test_seed_out_of_range_is_a_clear_message(panel, seed):
+    panel.seed.value = seed
+    assert panel.generate() == ""
+    assert f"seed={seed}" in panel.message.value and "2**64 - 1" in panel.message.value
+    panel.seed.value = 2**64 - 1  # the largest seed torch.Generator takes
+    assert panel.generate().startswith("ROMEO:\n")
+
+
+def test_stats_line_survives_a_knob_change(panel):
+    panel.generate()
+    stats = panel.message.value
+    assert "12 tokens" in stats
+    panel.temperature.value = 0.5
+    assert panel.message.value == stats
+
+
+def test_snapshot_draws_the_state(panel):
+    from matplotlib.figure import Figure
+
+    panel.seed.value, panel.temperature.value = 5, 0.7
+    text = panel.generate()
+    fig = panel.snapshot()
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    drawn = "\n".join(t.get_text() for t in fig.axes[0].texts)
+    assert "temperature 0.70" in drawn and "seed 5" in drawn and text.splitlines()[-1] in drawn
+    assert fig.axes[1].patches  # the distribution's bars

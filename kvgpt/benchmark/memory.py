@@ -1,7 +1,8 @@
 """Memory: KV-cache bytes measured against the formula, process peak RSS, and the bandwidth floor of decoding.
 
-The KV cache of L layers holds keys and values for B rows, H heads, T positions of D dims:
-2 * L * B * H * T * D * bytes per element. At batch 1 a decode step must read every weight and
+The KV cache of L layers holds keys and values for B rows, H heads, S positions of D dims
+(S: key/value positions held, past + new; the shape legend keeps T for the new tokens of one call):
+2 * L * B * H * S * D * bytes per element. At batch 1 a decode step must read every weight and
 the whole cache once, so (those bytes) / (read bandwidth for that many bytes) is a floor no engine beats.
 Introduced in notebooks/08_benchmarks.ipynb.
 """
@@ -19,7 +20,10 @@ from .engines import random_prompts
 
 
 def kv_formula_bytes(config, batch_size: int, positions: int, dtype: torch.dtype = torch.float32) -> int:
-    """2 * L * B * Hkv * T * D * element size: keys and values of every layer, K/V head and position."""
+    """2 * L * B * Hkv * S * D * element size, S = `positions`: keys and values of every layer, K/V head and position.
+
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
     element = torch.empty(0, dtype=dtype).element_size()
     return 2 * config.n_layers * batch_size * config.kv_heads * positions * config.head_dim * element
 
@@ -43,7 +47,7 @@ def measured_kv_bytes(cache: KVCacheManager) -> int:
 def kv_memory_profile(model, kind: str, batch_size: int = 1, prompt_len: int = 8, new_tokens: int = 32,
                       seed: int = 0) -> pd.DataFrame:
     """Measured vs formula KV bytes after the prefill and after every decode step, and how often layer 0's
-    key buffer was (re)allocated so far. Formula T = capacity for a static cache, filled slots for a dynamic one.
+    key buffer was (re)allocated so far. Formula S = capacity for a static cache, filled slots for a dynamic one.
 
     -> rows (kind, slots, measured_bytes, formula_bytes, allocations).
 
@@ -61,9 +65,9 @@ def kv_memory_profile(model, kind: str, batch_size: int = 1, prompt_len: int = 8
                 model.forward_step(ids[:, slot], slot, cache)
             ptr = cache.get(0).keys.untyped_storage().data_ptr()
             allocations, last_ptr = allocations + (ptr != last_ptr), ptr
-            t = cache.capacity if kind == "static" else cache.length
+            s = cache.capacity if kind == "static" else cache.length  # S: positions the storage holds
             rows.append({"kind": kind, "slots": cache.length, "measured_bytes": measured_kv_bytes(cache),
-                         "formula_bytes": kv_formula_bytes(cfg, batch_size, t, next(model.parameters()).dtype),
+                         "formula_bytes": kv_formula_bytes(cfg, batch_size, s, next(model.parameters()).dtype),
                          "allocations": allocations})
     return pd.DataFrame(rows).assign(batch_size=batch_size)
 

@@ -23,10 +23,15 @@ def _figure(ncols: int):
 
 
 def _plain_log_ticks(axis) -> None:
-    """Log scale with plain numbers (64, 128, ...) and no crowded minor labels."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    """Log scale labelled with plain numbers at 1, 2 and 5 per decade (0.5, 1, 2, 5, 10, 20, 50, ...).
 
-    axis.set_major_formatter(ScalarFormatter())
+    Matplotlib's default labels only powers of ten (and then "6x10^0"-style minor labels): an axis
+    spanning less than a decade, such as 15 to 85 ms, would show no number at all.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -54,6 +59,8 @@ def plot_decode(decode: pd.DataFrame):
 
 def plot_lines(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str, logy: bool = True):
     """One panel per model, one line per engine: y against x."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     models = list(dict.fromkeys(df.model))
     fig, axes = _figure(len(models))
     for ax, name in zip(axes, models):
@@ -61,7 +68,10 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title
             ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
         ax.set(xscale="log", yscale="log" if logy else "linear", xlabel=xlabel, ylabel=ylabel, title=f"{name}: {title}")
         ax.set_xticks(sorted(set(df[df.model == name][x])))
-        _plain_log_ticks(ax.xaxis)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # the measured x values
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if logy:
+            _plain_log_ticks(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     return fig
@@ -77,7 +87,7 @@ def plot_memory(memory: pd.DataFrame):
             ax.plot(d.slots, d.measured_bytes / 2**10, marker="o", ms=3, color=color, label=f"{kind}: measured")
             ax.plot(d.slots, d.formula_bytes / 2**10, ls="--", color="k", lw=0.8)
         ax.set(xlabel="positions in the cache", ylabel="KiB", title=f"{name}: KV cache, B={d.batch_size.iloc[0]}")
-        ax.legend(fontsize=8, title="dashed: 2·L·B·H·T·D·bytes", title_fontsize=8)
+        ax.legend(fontsize=8, title="dashed: 2·L·B·H·S·D·bytes", title_fontsize=8)
     return fig
 
 

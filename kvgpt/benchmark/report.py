@@ -71,7 +71,7 @@ def targets(results: dict) -> pd.DataFrame:
     static = mem[mem.kind == "static"]
     add("static cache: allocations of each buffer", "whole generation", static.groupby("model").allocations.max().max(),
         1, "<=")
-    add("KV bytes: measured == 2*L*B*H*T*D*bytes", "every step, static and dynamic",
+    add("KV bytes: measured == 2*L*B*H*S*D*bytes", "every step, static and dynamic",
         float((mem.measured_bytes == mem.formula_bytes).all()), 1, ">=")
     return pd.DataFrame(rows)
 

@@ -5,7 +5,7 @@ matplotlib is imported inside the functions: the engine itself never needs it.
 
 from .attention import attention_heatmaps, attention_shapes, attention_weights, position_similarity
 from .batching import plot_padding_mask
-from .benchmark import plot_engine_latency, plot_position_latency, plot_throughput
+from .benchmark import plot_engine_latency, plot_position_latency, plot_roofline, plot_throughput
 from .cache import cache_bytes, cached_vs_uncached, kv_cache_fill
 from .decoding import plot_step_latency
 from .model import architecture_diagram
@@ -31,6 +31,7 @@ __all__ = [
     "plot_padding_mask",
     "plot_position_latency",
     "plot_processors",
+    "plot_roofline",
     "plot_step_latency",
     "plot_throughput",
     "position_similarity",

@@ -14,9 +14,12 @@ def _engine_lines(ax, df, x: str, y: str) -> None:
 
     for engine, d in df.groupby("engine", sort=False):
         _ = ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
+    from ..benchmark.plots import _plain_log_ticks
+
     ticks = sorted(df[x].unique())
     ax.set(xscale="log", yscale="log", xticks=ticks, xticklabels=[str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())  # only the measured x values are labelled
+    _plain_log_ticks(ax.yaxis)  # 0.5, 1, 2, 5 ... instead of "6x10^0"
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -77,5 +80,46 @@ def plot_engine_latency(df, floor_ms: float | None = None):
         ax.legend(fontsize=8, loc="lower right")
     ax.set(xlim=(0, None), xlabel="ms per generated token (lower is better)", title="Decode latency, batch 1")
     ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_roofline(points, peak_gflops: float, bandwidth_gbs: float, title: str = "Roofline"):
+    """A roofline: attainable GFLOP/s = min(peak, intensity x bandwidth), log-log, with measured points.
+
+    points: rows (label, intensity FLOP/byte, gflops achieved); one marker and annotation each.
+    The ridge (peak / bandwidth) separates memory-bound steps (left) from compute-bound ones (right).
+
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..benchmark.plots import _plain_log_ticks
+
+    ridge = peak_gflops / bandwidth_gbs
+    lo = min(0.1, float(points.intensity.min()) / 2)
+    hi = max(10 * ridge, float(points.intensity.max()) * 2)
+    x = np.geomspace(lo, hi, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _ = ax.plot(x, np.minimum(peak_gflops, x * bandwidth_gbs), color="k", lw=1.5,
+                label=f"roof: min({peak_gflops:.0f} GFLOP/s, intensity x {bandwidth_gbs:.0f} GB/s)")
+    _ = ax.axvline(ridge, color="0.5", ls=":", lw=1)
+    _ = ax.annotate(f"ridge {ridge:.1f} FLOP/B", (ridge, peak_gflops), textcoords="offset points", xytext=(4, -14),
+                    fontsize=8, color="0.3")
+    for i, (label, d) in enumerate(points.groupby("series", sort=False)):
+        _ = ax.plot(d.intensity, d.gflops, marker="o", ls="-", lw=0.8, color=f"C{i}", label=label)
+        stack, last = 0, None
+        for _, row in d.iterrows():
+            near = last is not None and abs(np.log(row.intensity / last)) < 0.15  # same spot: stack the labels
+            stack, last = (stack + 1 if near else 0), row.intensity
+            _ = ax.annotate(row.label, (row.intensity, row.gflops), textcoords="offset points",
+                            xytext=(6, -12 - 9 * stack) if i else (4, 4), fontsize=7, color=f"C{i}")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte read)",
+           ylabel="GFLOP/s achieved", title=title, xlim=(lo, hi))
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
