@@ -215,3 +215,45 @@ def test_paging_pictures():
     assert isinstance(plot_block_tables(cache, {0: "a", 1: "b"}), Figure)
     assert isinstance(plot_kv_memory({"static": (10, 100), "paged": (10, 12)}), Figure)
     plt.close("all")
+
+
+@given(st.integers(1, 8), st.lists(st.integers(0, 66), min_size=2, max_size=30), st.data())
+def test_crop_releases_blocks_and_continues_like_a_fresh_prefill(block_size, tokens, data):
+    """Rollback on the paged cache (speculative decoding): cropped to n slots, the table keeps ceil(n / block_size)
+    blocks, the rest return to the pool, and continuing gives the logits of a fresh prefill of the kept prefix."""
+    model = cached_model()
+    cache = PagedKVCache(model.config, 2 * (-(-len(tokens) // block_size)) + 2, block_size)
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, tokens)])
+    cache.commit(0, len(tokens), tokens)
+    n = data.draw(st.integers(0, len(tokens) - 1))
+    free_before = cache.allocator.num_free
+    with pytest.raises(ValueError, match="length"):
+        cache.crop(0, len(tokens) + 1)  # refused before any change
+    assert cache.lengths[0] == len(tokens) and cache.allocator.num_free == free_before
+    cache.crop(0, n)
+    kept = -(-n // block_size)
+    assert cache.lengths[0] == n and len(cache.tables[0]) == kept
+    assert len(cache.hashes[0]) == n // block_size  # only blocks still full keep a prefix hash
+    assert cache.allocator.num_free == free_before + (-(-len(tokens) // block_size) - kept)
+    rest = tokens[n:] if n else tokens
+    got = _paged_call(model, cache, [(0, rest)])[0]
+    want = _static_logits(model, [tokens[:n], rest] if n else [rest])[-1]
+    assert record_diff("paged crop: continued vs fresh", (got - want).abs().max().item()) <= 1e-5
+
+
+def test_crop_never_touches_a_block_another_sequence_shares():
+    model, bs = cached_model(), 4
+    tokens = list(range(1, 13))
+    cache = PagedKVCache(model.config, 10, bs)
+    cache.add_sequence(0)
+    _paged_call(model, cache, [(0, tokens)])
+    cache.commit(0, len(tokens), tokens)
+    cache.fork_sequence(0, 1)
+    before = [p.clone() for p in cache.k_pools]
+    cache.crop(1, 6)  # keeps blocks 0 and 1 (shared); block 2 loses only sequence 1's reference
+    assert cache.allocator.ref_counts[cache.tables[0][2]] == 1 and len(cache.tables[1]) == 2
+    _paged_call(model, cache, [(1, [40, 41, 42])])  # writes into shared block 1: copied first
+    for j, block in enumerate(cache.tables[0]):
+        for pool, old in zip(cache.k_pools, before):
+            assert torch.equal(pool[block], old[block]), f"sequence 0's block {j} changed"

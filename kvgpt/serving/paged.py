@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
+from ..kv_cache import check_crop_length
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
 
 
@@ -102,6 +103,21 @@ class PagedKVCache:
         for block in reversed(self.tables.pop(seq_id)):
             self.allocator.free(block)
         del self.lengths[seq_id], self.hashes[seq_id]
+
+    def crop(self, seq_id: int, length: int) -> None:
+        """Roll seq_id back to its first `length` slots (speculative decoding's rollback): blocks past them are
+        released (refcount - 1, so a shared or cached block stays intact for its other holders) and hashes of
+        blocks no longer full are dropped; a kept, registered block is copied before its next write.
+        Introduced in notebooks/13_speculative_decoding.ipynb.
+        """
+        if seq_id not in self.tables:
+            raise ValueError(f"seq_id={seq_id!r} has no block table")
+        check_crop_length(length, self.lengths[seq_id])  # before any change
+        table, keep = self.tables[seq_id], -(-length // self.block_size)
+        for block in reversed(table[keep:]):
+            self.allocator.free(block)
+        del table[keep:], self.hashes[seq_id][length // self.block_size :]
+        self.lengths[seq_id] = length
 
     def commit(self, seq_id: int, n: int, tokens) -> None:
         """After a model call wrote n slots of seq_id: count them, register its newly full blocks' hashes.
