@@ -14,26 +14,18 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from kvgpt import Sampler, load_pretrained
+from kvgpt.benchmark.report import cpu_name
 from kvgpt.benchmark.speculative import speculative_sweep
 from kvgpt.plots.speculative import plot_acceptance, plot_speedup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

@@ -115,7 +115,7 @@ def metadata(quick: bool, bandwidth: float, weights: dict, wall_s: float) -> pd.
             return None
 
     info = {"mode": "quick" if quick else "full", "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_s": round(wall_s, 1), "platform": platform.platform(), "cpu": _cpu_name(),
+            "wall_s": round(wall_s, 1), "platform": platform.platform(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "load_average_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -146,7 +146,8 @@ def write_results(results: dict, out: Path, prefix: str = "bench_", figures=None
     return paths + (figures or save_figures)(results, out, prefix)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (what every benchmark figure records beside its numbers)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -22,6 +22,8 @@ import time  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from kvgpt.benchmark.report import cpu_name  # noqa: E402  (one helper for every figure's CPU name)
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "figures"
 MODELS = ("shakespeare-char", "gpt2-small")
@@ -47,16 +49,6 @@ def versions() -> dict:
                 "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(name: str):
