@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .linear import Linear
 from .validation import check_config
 
 # SDPA repeats K/V heads for grouped-query attention itself from torch 2.5 on; older torch gets them repeated here
@@ -86,8 +87,8 @@ class CausalSelfAttention(nn.Module):
         self.n_kv_heads = config.kv_heads
         self.impl = config.attn_impl
         kv_width = self.n_kv_heads * self.head_dim  # = C for multi-head attention: GPT-2's 3C outputs
-        self.qkv_proj = nn.Linear(config.d_model, config.d_model + 2 * kv_width)  # GPT-2's c_attn: q | k | v
-        self.out_proj = nn.Linear(config.d_model, config.d_model)  # GPT-2's c_proj
+        self.qkv_proj = Linear(config.d_model, config.d_model + 2 * kv_width)  # GPT-2's c_attn: q | k | v
+        self.out_proj = Linear(config.d_model, config.d_model)  # GPT-2's c_proj
         # no (block_size, block_size) mask buffer: SDPA's is_causal needs none, other cases build (T, S) per call
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

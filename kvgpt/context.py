@@ -49,7 +49,7 @@ def check_context_length(window, prompt_length: int, max_new_tokens: int, block_
         raise ValueError(f"prompt length {prompt_length} exceeds the model's context block_size={block_size}")
 
 
-def sliding_forward(model, job, window: int):
+def sliding_forward(model, job, window: int, step=None):
     """-> forward(next_ids): logits (B, V) of the last position, sliding the window when the context is full.
 
     The first call (None) runs the prompt. With job.use_cache it decodes from a KV cache and re-prefills
@@ -58,7 +58,7 @@ def sliding_forward(model, job, window: int):
     Shapes: the window's ids and 0/1 mask are (B, S), S <= block_size; rows stay left-padded.
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
-    block = model.config.block_size
+    block, step = model.config.block_size, step or model.forward_step
     cache = KVCacheManager(model.config, job.ids.size(0), job.cache_kind) if job.use_cache else None
     seq = [job.ids, job.mask]  # the visible window: ids (B, S), mask (B, S) or None (no padding)
 
@@ -75,6 +75,6 @@ def sliding_forward(model, job, window: int):
                 return model.prefill(seq[0], cache, seq[1], last_only=True)  # positions 0 .. W - 1
         if cache is None:
             return model(seq[0], attention_mask=seq[1], last_only=True)
-        return model.forward_step(next_ids, cache.length, cache)
+        return step(next_ids, cache.length, cache)
 
     return forward

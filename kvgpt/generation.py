@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from .batching import check_token_ids, pad_prompts, prompt_rows
+from .compiled import CompiledDecoder, graph_capacity
 from .context import check_context_length, check_context_policy, sliding_forward
 from .kv_cache import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
-from .validation import check_int, fail_type
+from .validation import check_bool, check_int, fail_type
 
 
 @dataclass
@@ -71,16 +72,19 @@ class AutoregressiveGenerator:
     Shapes: a prompt is list[int] or a (T,) LongTensor -> list[int] (prompt + new tokens); a batch is a
     list of prompts (or a (B, T) tensor) -> a list of such lists, unpadded, each stopped at its own EOS.
     context_policy "refuse" (default) rejects prompt + max_new_tokens > block_size; "slide" keeps the last
-    `window` tokens when the context is full and goes on (kvgpt/context.py).
+    `window` tokens when the context is full and goes on (kvgpt/context.py). compile=True runs every decode
+    step as one torch.compile graph (kvgpt/compiled.py; static cache only; the first call per batch size and
+    capacity compiles, seconds, then it is reused).
 
     Introduced in notebooks/05_decoding.ipynb.
     """
 
-    def __init__(self, model, context_policy: str = "refuse", window: int | None = None):
+    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile: bool = False):
         if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model = model
         self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
+        self.compiled = CompiledDecoder(model) if check_bool("compile", compile) else None
         self.last_stats: GenerationStats | None = None
 
     def generate(self, prompt, max_new_tokens: int, sampler: Sampler | None = None, use_cache: bool = True,
@@ -169,15 +173,19 @@ class AutoregressiveGenerator:
     def _forward(self, job: _Job):
         """-> forward(next_ids): logits (B, V) of the last position. The first call (None) runs the prompt."""
         model, (b, t0) = self.model, job.ids.shape
+        step = model.forward_step if self.compiled is None else self.compiled.trusted_step  # (ids, position, cache)
         if self.window is not None:
-            return sliding_forward(model, job, self.window)
-        if job.use_cache:  # sized to exactly this generation
-            cache = KVCacheManager(model.config, b, job.cache_kind, capacity=t0 + job.max_new)
+            return sliding_forward(model, job, self.window, step)
+        if job.use_cache:  # sized to exactly this generation; compiled: rounded up, one graph per capacity
+            capacity = t0 + job.max_new
+            if self.compiled is not None:
+                capacity = graph_capacity(capacity, model.config.block_size)
+            cache = KVCacheManager(model.config, b, job.cache_kind, capacity=capacity)
 
             def cached(next_ids):
                 if next_ids is None:
                     return model.prefill(job.ids, cache, job.mask, last_only=True)
-                return model.forward_step(next_ids, cache.length, cache)  # the next free slot
+                return step(next_ids, cache.length, cache)  # the next free slot
 
             return cached
         seq = [job.ids, job.mask]  # (B, S) ids and 0/1 mask (None: no padding), grown every step
@@ -222,6 +230,9 @@ class AutoregressiveGenerator:
             raise ValueError(f"use_cache={use_cache!r}: must be True (KV cache) or False (recompute every step)")
         if cache_kind not in CACHE_KINDS:
             raise ValueError(f"cache_kind={cache_kind!r}: must be one of {CACHE_KINDS}")
+        if self.compiled is not None and (not use_cache or cache_kind != "static"):
+            raise ValueError(f"use_cache={use_cache}, cache_kind={cache_kind!r}: a generator built with compile=True "
+                             "decodes from a static cache (use_cache=True, cache_kind='static')")
         if sampler is not None and not isinstance(sampler, Sampler):
             raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
         longest = max(len(r) for r in rows)

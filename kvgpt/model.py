@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .linear import Linear
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .kv_cache import CachedCausalSelfAttention, KVCache, KVCacheManager
 from .validation import check_bool, check_config, check_int, check_mask, check_token_ids, fail_type
@@ -27,9 +28,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.fc = Linear(config.d_model, 4 * config.d_model)
         self.gelu = nn.GELU(approximate="tanh")
-        self.proj = nn.Linear(4 * config.d_model, config.d_model)
+        self.proj = Linear(4 * config.d_model, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.gelu(self.fc(x)))  # (B, T, C)
@@ -72,7 +73,7 @@ class MiniGPTInferenceModel(nn.Module):
         self.position_embedding = PositionalEmbedding(config)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.final_layernorm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.embedding.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         self._store_transposed()
@@ -175,6 +176,11 @@ class MiniGPTInferenceModel(nn.Module):
 
         Shapes: next_ids (B,) or (B, 1) -> logits (B, V).
         """
+        next_ids = self._check_step(next_ids, position, cache)  # (B, 1)
+        return self._run(next_ids, cache, position, last_only=True)  # (B, V)
+
+    def _check_step(self, next_ids, position, cache) -> torch.Tensor:
+        """forward_step's checks, before anything is written (kvgpt/compiled.py runs the same). -> ids (B, 1)."""
         if not isinstance(next_ids, torch.Tensor):
             fail_type("next_ids", next_ids, "a (B,) or (B, 1) tensor of token ids")
         if next_ids.dim() == 1:
@@ -194,7 +200,7 @@ class MiniGPTInferenceModel(nn.Module):
         self._check_ids(next_ids, "next_ids")
         self._check_context(position + 1)
         self._check_cache(cache, cache.batch_size, 1)
-        return self._run(next_ids, cache, position, last_only=True)  # (B, V)
+        return next_ids
 
     def _run(self, token_ids: torch.Tensor, cache, past: int, last_only: bool) -> torch.Tensor:
         t, device = token_ids.size(1), token_ids.device

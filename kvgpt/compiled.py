@@ -1,0 +1,118 @@
+"""A decode step compiled as one graph: fixed shapes, the position a tensor, the static cache written in place.
+
+The eager step (MiniGPTInferenceModel.forward_step) pays Python and dispatch per op (about 100 ATen ops per
+step): negligible for GPT-2-small, most of the time for a 3 MB model. torch.compile removes that only if the
+step has nothing that changes between steps except tensor values: here the cache buffers keep their full
+(B, Hkv, capacity, D) shape, the new key and value go in with index_copy_ at a tensor position, and a mask hides
+the slots not written yet (gpt-fast's recipe). Nothing inside syncs with the host: the token-id check runs once
+per call outside the graph (the generator's own argmax/sampled ids need none). Prefill stays eager (it runs once).
+Introduced in notebooks/08_benchmarks.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .attention import attend
+from .kv_cache import KVCacheManager, StaticKVCache
+from .validation import check_choice, fail_type
+
+CAPACITY_FLOOR = 64  # smallest compiled cache: shorter generations share one graph instead of one each
+
+
+def graph_capacity(needed: int, block_size: int) -> int:
+    """The cache capacity a compiled generation uses: the next power of two >= needed (>= 64), <= block_size.
+
+    Each capacity is one compiled graph, so rounding up keeps their number at log2(block_size / 64) + 1.
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    capacity = CAPACITY_FLOOR
+    while capacity < needed:
+        capacity *= 2
+    return min(capacity, block_size)
+
+
+def decode_graph(model, next_ids, position, pad, keys, values):
+    """One decode step as pure tensor code: write slot `position` of every layer, return the logits.
+
+    Shapes: next_ids (B, 1), position (1,) long, pad (B,) left-padding per row, keys/values L buffers of
+    (B, Hkv, capacity, D) -> logits (B, V). Slots after `position` and a row's padding are masked out.
+    """
+    slots = torch.arange(keys[0].size(2), device=next_ids.device)  # (capacity,)
+    visible = (slots[None, :] <= position) & (slots[None, :] >= pad[:, None])  # (B, capacity)
+    mask = visible[:, None, None, :]  # (B, 1, T=1, capacity)
+    pos = (position[None, :] - pad[:, None]).clamp(min=0)  # (B, 1): as padded_position_ids
+    x = model.token_embedding(next_ids) + model.position_embedding(pos)  # (B, 1, C)
+    for block, k_buf, v_buf in zip(model.blocks, keys, values):
+        attn = block.attn
+        q, k, v = attn.split_heads(block.ln_1(x))  # (B, H, 1, D), (B, Hkv, 1, D)
+        k_buf.index_copy_(2, position, k)  # in place, at a tensor position: the same graph for every step
+        v_buf.index_copy_(2, position, v)
+        x = x + attn.merge_heads(attend(q, k_buf, v_buf, mask, attn.impl))  # TransformerBlock's two residuals
+        x = x + block.ffn(block.ln_2(x))  # (B, 1, C)
+    return model._logits(x, last_only=True)  # (B, V)
+
+
+class CompiledDecoder:
+    """model.forward_step for a static KV cache, compiled once per (batch, capacity, dtype) and reused.
+
+    Shapes: next_ids (B,) or (B, 1), a static KVCacheManager of batch B -> logits (B, V), equal to
+    forward_step's up to float rounding (softmax over more, masked, slots). compile_s holds each
+    shape's compile time (its first call). backend/mode go to torch.compile ("eager" checks the tracing only).
+
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+
+    def __init__(self, model, backend: str = "inductor", mode: str | None = None):
+        from .model import MiniGPTInferenceModel
+
+        if not isinstance(model, MiniGPTInferenceModel):
+            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
+        self.model, self.backend, self.mode = model, check_choice("backend", backend, ("inductor", "eager")), mode
+        self._graph = torch.compile(decode_graph, backend=backend, mode=mode, fullgraph=True, dynamic=False)
+        self.compile_s: dict[tuple, float] = {}
+        self._pads: dict[tuple, torch.Tensor] = {}  # (B,) zeros per batch size: no padding, no allocation per step
+
+    def __call__(self, next_ids: torch.Tensor, position: int, cache: KVCacheManager) -> torch.Tensor:
+        """Checked like forward_step (ids, position, cache), then the compiled step."""
+        next_ids = self.model._check_step(next_ids, position, cache)  # forward_step's checks and messages
+        return self.step(next_ids, cache)
+
+    def trusted_step(self, next_ids: torch.Tensor, position: int, cache: KVCacheManager) -> torch.Tensor:
+        """forward_step's signature without the id check, for ids the generator chose itself (an argmax or a
+        draw: always in 0 .. V - 1). position must be cache.length, as the generator passes it."""
+        return self.step(next_ids, cache)
+
+    def step(self, next_ids: torch.Tensor, cache: KVCacheManager) -> torch.Tensor:
+        """The step without the id check: writes slot cache.length. next_ids (B,) or (B, 1) -> logits (B, V)."""
+        self._check_cache(cache)  # host-side compares only: index_copy_ past the buffer must never reach the graph
+        layers = cache.layer_caches
+        b, capacity = cache.batch_size, cache.capacity
+        if cache.length >= capacity:
+            raise ValueError(f"KV cache overflow: writing position {cache.length} but capacity={capacity}")
+        position = torch.full((1,), cache.length, dtype=torch.long, device=next_ids.device)  # (1,)
+        pad = cache.pad_lengths if cache.pad_lengths is not None else self._no_pad(b, next_ids.device)
+        key = (b, capacity, layers[0]._k.dtype, str(next_ids.device))
+        start = time.perf_counter()
+        logits = self._graph(self.model, next_ids.reshape(b, 1), position, pad,
+                             [c._k for c in layers], [c._v for c in layers])
+        if key not in self.compile_s:
+            self.compile_s[key] = time.perf_counter() - start
+        for c in layers:  # the host-side lengths follow the slot the graph wrote
+            c.length += 1
+        return logits
+
+    def _check_cache(self, cache) -> None:
+        if not isinstance(cache, KVCacheManager) or not all(isinstance(c, StaticKVCache) and c._k is not None
+                                                            for c in cache.layer_caches):
+            raise ValueError(f"cache={cache!r}: the compiled step needs a KVCacheManager of kind 'static' whose "
+                             "buffers exist (prefill it first); dynamic and int8 caches change shape or "
+                             "format every step")
+
+    def _no_pad(self, b: int, device) -> torch.Tensor:
+        pad = self._pads.get((b, str(device)))
+        if pad is None:
+            pad = self._pads[(b, str(device))] = torch.zeros(b, dtype=torch.long, device=device)
+        return pad
