@@ -12,6 +12,7 @@ Introduced in notebooks/08_benchmarks.ipynb.
 from __future__ import annotations
 
 import time
+import types
 
 import torch
 
@@ -71,8 +72,8 @@ class CompiledDecoder:
         if not isinstance(model, MiniGPTInferenceModel):
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model, self.backend, self.mode = model, check_choice("backend", backend, ("inductor", "eager")), mode
-        self._graph = torch.compile(decode_graph, backend=backend, mode=mode, fullgraph=True, dynamic=False)
-        self.compile_s: dict[tuple, float] = {}
+        self._graphs: dict[tuple, object] = {}  # one compiled function per shape, so dynamo's per-function
+        self.compile_s: dict[tuple, float] = {}  # recompile limit (8) never decides which shapes are compiled
         self._pads: dict[tuple, torch.Tensor] = {}  # (B,) zeros per batch size: no padding, no allocation per step
 
     def __call__(self, next_ids: torch.Tensor, position: int, cache: KVCacheManager) -> torch.Tensor:
@@ -95,14 +96,22 @@ class CompiledDecoder:
         position = torch.full((1,), cache.length, dtype=torch.long, device=next_ids.device)  # (1,)
         pad = cache.pad_lengths if cache.pad_lengths is not None else self._no_pad(b, next_ids.device)
         key = (b, capacity, layers[0]._k.dtype, str(next_ids.device))
+        graph = self._graphs.get(key) or self._compile(key)
         start = time.perf_counter()
-        logits = self._graph(self.model, next_ids.reshape(b, 1), position, pad,
+        logits = graph(self.model, next_ids.reshape(b, 1), position, pad,
                              [c._k for c in layers], [c._v for c in layers])
         if key not in self.compile_s:
             self.compile_s[key] = time.perf_counter() - start
         for c in layers:  # the host-side lengths follow the slot the graph wrote
             c.length += 1
         return logits
+
+    def _compile(self, key: tuple):
+        # a copy of decode_graph's code object: dynamo keeps its compiled graphs per code object
+        fresh = types.FunctionType(decode_graph.__code__.replace(), decode_graph.__globals__, "decode_graph")
+        graph = torch.compile(fresh, backend=self.backend, mode=self.mode, fullgraph=True, dynamic=False)
+        self._graphs[key] = graph
+        return graph
 
     def _check_cache(self, cache) -> None:
         if not isinstance(cache, KVCacheManager) or not all(isinstance(c, StaticKVCache) and c._k is not None

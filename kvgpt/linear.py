@@ -29,16 +29,20 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor_id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD", ...), "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""  # not Linux: no evidence either way
+
+
 def mkl_generic_path() -> bool:
     """True when MKL runs its vendor-neutral kernels here: a non-Intel CPU, or MKL_CBWR=COMPATIBLE forced."""
     if os.environ.get("MKL_CBWR", "").upper().startswith("COMPATIBLE"):
         return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            vendor = next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return False  # not Linux: no evidence either way, keep torch's default
-    return vendor not in ("", "GenuineIntel")
+    return cpu_vendor() not in ("", "GenuineIntel")
 
 
 def resolve_backend(backend: str) -> str:
