@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 LAB_ARGS ?=
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: lab test unit nbval browser notebooks demo bench bench-quick serve-bench serve-bench-quick vllm-env vllm-parity vllm-bench figures colab-url clean
+.PHONY: lab test unit nbval browser notebooks demo bench bench-quick peers-env peers-bench serve-bench serve-bench-quick vllm-env vllm-parity vllm-bench figures colab-url clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,11 +55,34 @@ demo: $(VENV)/.installed
 	$(PY) -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 1000 --temperature 0.8 --top-k 40 --seed 0 \
 		--context-policy slide --window 192
 
+# kvgpt against transformers (kvgpt bench), then against ONNX Runtime, CTranslate2, llama.cpp and LLMs-from-scratch
+# in .venv-peers (peers-bench), then kvgpt's GPT-2-small step on MKL's vendor-neutral path (MKL_CBWR=COMPATIBLE:
+# what MKL runs on AMD CPUs) with MKL and oneDNN linears
 bench: $(VENV)/.installed
 	$(PY) -m kvgpt bench
+	$(MAKE) peers-bench
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m kvgpt bench --quick
+	$(MAKE) peers-bench PEERS_ARGS=--quick
+
+# The peer engines live in their own venv (llms-from-scratch pins numpy<2.1 and tensorflow for other chapters;
+# llama-cpp-python builds from source). Built on first use; a failed step is recorded in $(PEERS_VENV)/.failed
+# (a failed llama.cpp build in .llamacpp-failed) and the targets print why and exit 0.
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_ARGS ?=
+
+$(PEERS_VENV)/.installed:
+	-bash peers/engines/install.sh $(PEERS_VENV)
+
+peers-env: $(PEERS_VENV)/.installed
+
+peers-bench: peers-env
+	@if [ -f $(PEERS_VENV)/.installed ]; then $(PEERS_PY) peers/engines/bench.py $(PEERS_ARGS) && \
+	  if [ -z "$(PEERS_ARGS)" ]; then MKL_CBWR=COMPATIBLE $(PEERS_PY) peers/engines/bench.py --kvgpt-only \
+	    --models gpt2-small --prefix peers_mkl_generic_; fi; \
+	else echo "peers-bench: skipped, no working $(PEERS_VENV): $$(cat $(PEERS_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
 
 # Part II: serving benchmarks (static vs continuous batching vs vLLM, paged KV memory, prefix caching)
 serve-bench: $(VENV)/.installed
@@ -94,4 +117,4 @@ colab-url: $(VENV)/.installed  ## make colab-url REPO=owner/name rewrites every 
 	$(PY) scripts/set_repo_url.py $(REPO)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) $(PEERS_VENV) .pytest_cache .hypothesis

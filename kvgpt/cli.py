@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
     g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
+    g.add_argument("--compile", action="store_true",
+                   help="decode steps as one torch.compile graph (static cache; the first step compiles, seconds)")
+    g.add_argument("--linear-backend", choices=("auto", "mkl", "onednn"), default="auto",
+                   help="matrix products on MKL or oneDNN; auto: oneDNN where MKL has no fast path (default: auto)")
     g.add_argument("--context-policy", choices=("refuse", "slide"), default="refuse",
                    help="past the model's context: refuse, or slide (keep the last --window tokens; default: refuse)")
     g.add_argument("--window", type=int, default=None, help="tokens a slide keeps (default: half the context)")
@@ -105,13 +109,22 @@ def _setup(args):
                       repetition_penalty=args.repetition_penalty, seed=args.seed)
     device = _flag("--device", check_device, "device", args.device)  # computes on it: "meta" or "cuda" here fail
     model, tokenizer = load_pretrained(_flag("--model", check_path, "name", args.model), device=device)
+    from .linear import set_linear_backend
+
+    if str(next(model.parameters()).dtype) == "torch.float32" and device.type == "cpu":
+        _flag("--linear-backend", set_linear_backend, model, args.linear_backend)
+    elif args.linear_backend == "onednn":
+        raise ValueError("--linear-backend onednn: packs fp32 CPU weights only")
     prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")
+    if args.draft is not None and args.compile:
+        raise ValueError("--compile: the speculative generator (--draft) runs eager steps only")
     if args.draft is not None:
         generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
     else:
-        generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window)
+        generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window,
+                                            compile=args.compile)
         stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
                                   cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
     with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
@@ -161,6 +174,8 @@ def _generate(parser: argparse.ArgumentParser, args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         parser.error(f"generation failed after {len(out.ids)} tokens: {type(e).__name__}: {' '.join(str(e).split())}")
+    compiled = getattr(generator, "compiled", None)
+    args.compile_s = compiled.compile_s if compiled is not None else {}
     print(summary(generator.last_stats, args, interrupted), file=sys.stderr, flush=True)
     return 130 if interrupted else 0
 
@@ -179,7 +194,14 @@ def summary(stats, args, interrupted: bool = False) -> str:
         cache += f", slide window {args.window or 'block_size // 2'}: {stats.slides} slides"
     return (f"[kvgpt] {stats.n_new_tokens} new tokens after {stats.n_prompt_tokens} prompt tokens{stop} | "
             f"prefill {stats.prefill_ms:.1f} ms | decode {stats.decode_tokens_per_s:.1f} tokens/s | "
-            f"{cache} | {args.model} on {args.device}")
+            f"{cache}{_compiled(stats, args)} | {args.model} on {args.device}")
+
+
+def _compiled(stats, args) -> str:
+    """", compiled (decode includes 4.1 s compiling)" when --compile compiled a graph during this run."""
+    seconds = sum(getattr(args, "compile_s", {}).values())
+    return f", compiled (decode includes {seconds:.1f} s compiling)" if args.compile and seconds else \
+        (", compiled" if getattr(args, "compile", False) else "")
 
 
 class _TextStream:

@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "figures"))
     parser.add_argument("--prefix", default=None, help="file prefix (default peers_ or peers_quick_)")
     parser.add_argument("--kvgpt-only", action="store_true", help="only kvgpt's engines and transformers")
+    parser.add_argument("--models", nargs="+", default=None, choices=["shakespeare-char", "gpt2-small"])
     args = parser.parse_args(argv)
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads {args.threads}: each must be >= 1")
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[peers] {name}: not run: {reason}", file=sys.stderr)
     rows = []
     for name, new_tokens, batches, repeats in PLANS[mode]:
+        if args.models and name not in args.models:
+            continue
         model, _ = build_model(name)
         for threads in args.threads:
             torch.set_num_threads(threads)
