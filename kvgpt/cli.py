@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
     g.add_argument("--compile", action="store_true",
                    help="decode steps as one torch.compile graph (static cache; the first step compiles, seconds)")
+    g.add_argument("--threads", default="auto",
+                   help="torch threads; auto: 1 for a model under 16 MiB, else every core (default: auto)")
     g.add_argument("--linear-backend", choices=("auto", "mkl", "onednn"), default="auto",
                    help="matrix products on MKL or oneDNN; auto: oneDNN where MKL has no fast path (default: auto)")
     g.add_argument("--context-policy", choices=("refuse", "slide"), default="refuse",
@@ -92,6 +94,16 @@ def _flag(flag: str, check, *values):
         raise ValueError(f"{flag}: {e}") from None
 
 
+def _int_flag(value: str) -> int:
+    """A --threads value: "auto" or a positive int."""
+    from .validation import check_positive_int
+
+    try:
+        return check_positive_int("threads", int(value))
+    except ValueError:
+        raise ValueError(f"threads={value!r}: must be 'auto' or a positive integer") from None
+
+
 def _setup(args):
     """Everything that can fail because of an argument, all before any output:
     -> (tokenizer, generator, token stream, first token or None)."""
@@ -109,12 +121,15 @@ def _setup(args):
                       repetition_penalty=args.repetition_penalty, seed=args.seed)
     device = _flag("--device", check_device, "device", args.device)  # computes on it: "meta" or "cuda" here fail
     model, tokenizer = load_pretrained(_flag("--model", check_path, "name", args.model), device=device)
-    from .linear import set_linear_backend
+    from .linear import recommended_threads, set_linear_backend
+
+    threads = None if args.threads == "auto" else _flag("--threads", _int_flag, args.threads)
 
     if str(next(model.parameters()).dtype) == "torch.float32" and device.type == "cpu":
         _flag("--linear-backend", set_linear_backend, model, args.linear_backend)
     elif args.linear_backend == "onednn":
         raise ValueError("--linear-backend onednn: packs fp32 CPU weights only")
+    torch.set_num_threads(threads or recommended_threads(model))
     prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")

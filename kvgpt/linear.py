@@ -110,3 +110,20 @@ def set_linear_backend(model: nn.Module, backend: str = "auto", batch_hint: int 
         m.pack(batch_hint) if chosen == "onednn" else m.unpack()
     model.linear_backend = chosen
     return chosen
+
+
+SMALL_MODEL_BYTES = 16 * 2**20  # below: one thread decodes faster (measured; see recommended_threads)
+
+
+def recommended_threads(model: nn.Module, available: int | None = None) -> int:
+    """Threads for decoding `model` on this CPU: 1 for a model under 16 MiB of weights, else every core.
+
+    Measured (figures/peers_results.csv, notebooks/08): the embedded 3.3 MB model decodes faster on one thread
+    than on two, eager and compiled alike (a step of ~100 tiny ops: waking a second thread costs more than it
+    saves); GPT-2-small (497 MB) is ~1.4x faster on two (its step streams weights: two cores read faster).
+    Only those two sizes were measured; 16 MiB (weights well inside the L2 + L3 of a core) is where the rule
+    switches, not a measured crossover. Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    cores = available if available is not None else (os.cpu_count() or 1)
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return 1 if sum(storages.values()) < SMALL_MODEL_BYTES else max(int(cores), 1)
