@@ -126,3 +126,13 @@ def test_onednn_refuses_non_fp32_weights_before_packing_any():
     with pytest.raises(ValueError, match="fp32 CPU weights"):
         set_linear_backend(model, "onednn")
     assert all(m._packed is None for m in _linears(model))
+
+
+def test_thread_policy_one_thread_for_a_small_model_every_core_for_a_large_one():
+    from kvgpt.linear import SMALL_MODEL_BYTES, recommended_threads
+
+    small = load_pretrained()[0]  # 3.3 MB
+    large = random_model(ModelConfig(vocab_size=1000, n_layers=4, n_heads=4, d_model=384, block_size=64))
+    assert sum(p.nelement() * 4 for p in large.parameters()) > SMALL_MODEL_BYTES  # ~30 MB
+    assert recommended_threads(small, available=2) == 1
+    assert recommended_threads(large, available=2) == 2 and recommended_threads(large, available=1) == 1
