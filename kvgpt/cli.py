@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
     g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
-    g.add_argument("--compile", action="store_true",
-                   help="decode steps as one torch.compile graph (static cache; the first step compiles, seconds)")
+    g.add_argument("--compile", nargs="?", const="inductor", default=None, choices=("inductor", "aot"),
+                   help="decode steps as one compiled graph: torch.compile (inductor, the default) or AOTInductor "
+                        "(aot); static cache; the first step compiles (seconds)")
     g.add_argument("--threads", default="auto",
                    help="torch threads; auto: 1 for a model under 16 MiB, else every core (default: auto)")
     g.add_argument("--linear-backend", choices=("auto", "mkl", "onednn"), default="auto",
@@ -133,13 +134,13 @@ def _setup(args):
     prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one token")
-    if args.draft is not None and args.compile:
+    if args.draft is not None and args.compile is not None:
         raise ValueError("--compile: the speculative generator (--draft) runs eager steps only")
     if args.draft is not None:
         generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
     else:
         generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window,
-                                            compile=args.compile)
+                                            compile=args.compile or False)
         stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
                                   cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
     with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
@@ -215,8 +216,10 @@ def summary(stats, args, interrupted: bool = False) -> str:
 def _compiled(stats, args) -> str:
     """", compiled (decode includes 4.1 s compiling)" when --compile compiled a graph during this run."""
     seconds = sum(getattr(args, "compile_s", {}).values())
-    return f", compiled (decode includes {seconds:.1f} s compiling)" if args.compile and seconds else \
-        (", compiled" if getattr(args, "compile", False) else "")
+    if not getattr(args, "compile", None):
+        return ""
+    return f", compiled ({args.compile}; decode includes {seconds:.1f} s compiling)" if seconds else \
+        f", compiled ({args.compile})"
 
 
 class _TextStream:

@@ -11,10 +11,13 @@ Introduced in notebooks/08_benchmarks.ipynb.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import types
 
 import torch
+from torch import nn
 
 from .attention import attend
 from .kv_cache import KVCacheManager, StaticKVCache
@@ -56,12 +59,29 @@ def decode_graph(model, next_ids, position, pad, keys, values):
     return model._logits(x, last_only=True)  # (B, V)
 
 
+BACKENDS = ("inductor", "eager", "aot")
+
+
+class _Step(nn.Module):
+    """decode_graph as a module, the form torch.export takes (the model's weights become its constants)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, next_ids, position, pad, keys, values):
+        return decode_graph(self.model, next_ids, position, pad, keys, values)
+
+
 class CompiledDecoder:
     """model.forward_step for a static KV cache, compiled once per (batch, capacity, dtype) and reused.
 
     Shapes: next_ids (B,) or (B, 1), a static KVCacheManager of batch B -> logits (B, V), equal to
     forward_step's up to float rounding (softmax over more, masked, slots). compile_s holds each
-    shape's compile time (its first call). backend/mode go to torch.compile ("eager" checks the tracing only).
+    shape's compile time (its first call). backend: "inductor" (torch.compile; mode passed on), "eager"
+    (dynamo's trace run eagerly: checks the single graph, no C++ build), or "aot" (torch.export +
+    AOTInductor, torch >= 2.6: the step becomes one C++ function with no Python guards or wrapper per call;
+    it holds a copy of the weights, so a change to them after compiling recompiles before the next step).
 
     Introduced in notebooks/08_benchmarks.ipynb.
     """
@@ -71,7 +91,11 @@ class CompiledDecoder:
 
         if not isinstance(model, MiniGPTInferenceModel):
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
-        self.model, self.backend, self.mode = model, check_choice("backend", backend, ("inductor", "eager")), mode
+        self.model, self.backend, self.mode = model, check_choice("backend", backend, BACKENDS), mode
+        if backend == "aot" and not hasattr(torch._inductor, "aoti_compile_and_package"):
+            raise ValueError(f"backend='aot' needs torch >= 2.6 (AOTInductor packages); this is {torch.__version__}")
+        self._dir = tempfile.TemporaryDirectory(prefix="kvgpt-aot-") if backend == "aot" else None
+        self._weights = None  # what the AOT graphs were compiled from: (data_ptr, version) of every parameter
         self._graphs: dict[tuple, object] = {}  # one compiled function per shape, so dynamo's per-function
         self.compile_s: dict[tuple, float] = {}  # recompile limit (8) never decides which shapes are compiled
         self._pads: dict[tuple, torch.Tensor] = {}  # (B,) zeros per batch size: no padding, no allocation per step
@@ -96,22 +120,41 @@ class CompiledDecoder:
         position = torch.full((1,), cache.length, dtype=torch.long, device=next_ids.device)  # (1,)
         pad = cache.pad_lengths if cache.pad_lengths is not None else self._no_pad(b, next_ids.device)
         key = (b, capacity, layers[0]._k.dtype, str(next_ids.device))
-        graph = self._graphs.get(key) or self._compile(key)
+        args = (next_ids.reshape(b, 1), position, pad, [c._k for c in layers], [c._v for c in layers])
+        if self._dir is not None and self._weights != self._weight_state():  # copies of older weights: drop
+            self._graphs.clear()
         start = time.perf_counter()
-        logits = graph(self.model, next_ids.reshape(b, 1), position, pad,
-                             [c._k for c in layers], [c._v for c in layers])
+        graph = self._graphs.get(key) or self._compile(key, args)
+        logits = graph(self.model, *args)
         if key not in self.compile_s:
             self.compile_s[key] = time.perf_counter() - start
         for c in layers:  # the host-side lengths follow the slot the graph wrote
             c.length += 1
         return logits
 
-    def _compile(self, key: tuple):
-        # a copy of decode_graph's code object: dynamo keeps its compiled graphs per code object
-        fresh = types.FunctionType(decode_graph.__code__.replace(), decode_graph.__globals__, "decode_graph")
-        graph = torch.compile(fresh, backend=self.backend, mode=self.mode, fullgraph=True, dynamic=False)
+    def _compile(self, key: tuple, args: tuple):
+        if self.backend == "aot":
+            graph = self._compile_aot(args)
+        else:  # a copy of decode_graph's code object: dynamo keeps its compiled graphs per code object
+            fresh = types.FunctionType(decode_graph.__code__.replace(), decode_graph.__globals__, "decode_graph")
+            graph = torch.compile(fresh, backend=self.backend, mode=self.mode, fullgraph=True, dynamic=False)
         self._graphs[key] = graph
         return graph
+
+    def _compile_aot(self, args: tuple):
+        """torch.export the step for these shapes, build it with AOTInductor, load it -> graph(model, *args)."""
+        from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+        with torch.inference_mode(False):  # export traces with ordinary tensors (clones of the real inputs)
+            example = tuple(t.clone() for t in args[:3]) + tuple([t.clone() for t in ts] for ts in args[3:])
+            program = torch.export.export(_Step(self.model), example)
+            path = os.path.join(self._dir.name, f"step-{len(os.listdir(self._dir.name))}.pt2")
+            runner = aoti_load_package(aoti_compile_and_package(program, package_path=path))
+        self._weights = self._weight_state()
+        return lambda model, *inputs: runner(*inputs)
+
+    def _weight_state(self) -> list:
+        return [(p.data_ptr(), p._version) for p in self.model.parameters()]
 
     def _check_cache(self, cache) -> None:
         if not isinstance(cache, KVCacheManager) or not all(isinstance(c, StaticKVCache) and c._k is not None

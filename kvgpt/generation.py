@@ -17,7 +17,7 @@ from .context import check_context_length, check_context_policy, sliding_forward
 from .kv_cache import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
-from .validation import check_bool, check_int, fail_type
+from .validation import check_int, fail_type
 
 
 @dataclass
@@ -49,6 +49,13 @@ class GenerationStats:
         return self.n_decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0
 
 
+def _compile_backend(compile) -> str:
+    """compile=True / "inductor" -> "inductor", "aot" -> "aot"; anything else is refused by name."""
+    if compile is True or compile in ("inductor", "aot"):
+        return "inductor" if compile is True else compile
+    raise ValueError(f"compile={compile!r}: must be False, True (= 'inductor') or 'aot'")
+
+
 @dataclass
 class _Job:
     rows: list  # the prompts as lists of ints
@@ -72,19 +79,20 @@ class AutoregressiveGenerator:
     Shapes: a prompt is list[int] or a (T,) LongTensor -> list[int] (prompt + new tokens); a batch is a
     list of prompts (or a (B, T) tensor) -> a list of such lists, unpadded, each stopped at its own EOS.
     context_policy "refuse" (default) rejects prompt + max_new_tokens > block_size; "slide" keeps the last
-    `window` tokens when the context is full and goes on (kvgpt/context.py). compile=True runs every decode
-    step as one torch.compile graph (kvgpt/compiled.py; static cache only; the first call per batch size and
-    capacity compiles, seconds, then it is reused).
+    `window` tokens when the context is full and goes on (kvgpt/context.py). compile=True (or "inductor") runs
+    every decode step as one torch.compile graph, compile="aot" as one AOTInductor C++ function (torch >= 2.6)
+    (kvgpt/compiled.py; static cache only; the first call per batch size and capacity compiles, seconds, then
+    it is reused).
 
     Introduced in notebooks/05_decoding.ipynb.
     """
 
-    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile: bool = False):
+    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False):
         if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model = model
         self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
-        self.compiled = CompiledDecoder(model) if check_bool("compile", compile) else None
+        self.compiled = None if compile is False else CompiledDecoder(model, _compile_backend(compile))
         self.last_stats: GenerationStats | None = None
 
     def generate(self, prompt, max_new_tokens: int, sampler: Sampler | None = None, use_cache: bool = True,

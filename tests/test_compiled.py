@@ -3,6 +3,8 @@ cannot run before anything is written."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers import cached_model, record_diff, snapshot
@@ -115,3 +117,22 @@ def test_refused_steps_change_nothing():
         CompiledDecoder("gpt2")
     with pytest.raises(ValueError, match="backend"):
         CompiledDecoder(model, backend="tvm")
+
+
+@pytest.mark.skipif(not hasattr(torch._inductor, "aoti_compile_and_package"), reason="AOTInductor needs torch >= 2.6")
+def test_aot_backend_matches_eager_and_recompiles_after_a_weight_change():
+    model, tok = load_pretrained()
+    model = copy.deepcopy(model)  # its weights change below
+    eager, aot = AutoregressiveGenerator(model), AutoregressiveGenerator(model, compile="aot")
+    prompts = [tok.encode("ROMEO:"), tok.encode("KING:")]
+    assert aot.generate(prompts, 40) == eager.generate(prompts, 40)
+    with torch.no_grad():
+        model.blocks[0].ffn.fc.weight.mul_(0.5)  # the AOT package holds a copy of the old weights
+    assert aot.generate(prompts, 40) == eager.generate(prompts, 40)
+    assert len(aot.compiled.compile_s) == 1 and len(aot.compiled._graphs) == 1  # rebuilt, not stale
+
+
+@pytest.mark.parametrize("compile", ["yes", 1, "tvm"])
+def test_compile_option_is_checked(compile):
+    with pytest.raises(ValueError, match="compile="):
+        AutoregressiveGenerator(cached_model(), compile=compile)

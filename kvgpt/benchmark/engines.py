@@ -43,11 +43,11 @@ class TokenMismatchError(RuntimeError):
     """Engines that must agree (same weights, same prompt, greedy) produced different tokens."""
 
 
-def kvgpt_engine(model, use_cache: bool = True, cache_kind: str = "static", compile: bool = False) -> Engine:
+def kvgpt_engine(model, use_cache: bool = True, cache_kind: str = "static", compile=False) -> Engine:
     """An engine running kvgpt's AutoregressiveGenerator.stream, greedy, timed per token as it arrives.
 
     use_cache=False is the honest baseline: the whole prefix again every step, LM head on the last
-    position only (as nanoGPT does). compile=True: every decode step one compiled graph (kvgpt/compiled.py;
+    position only (as nanoGPT does). compile=True or "aot": every decode step compiled (kvgpt/compiled.py;
     the first run of a shape includes compiling). Shapes: prompt_ids (B, T) -> Run.tokens (B, N).
 
     Introduced in notebooks/08_benchmarks.ipynb.

@@ -68,6 +68,7 @@ def engines_for(model, workdir: Path, threads: int, batch: int, peers: dict) -> 
     engines = {"kvgpt static": kvgpt_engine(model),
                "kvgpt static, oneDNN": onednn_engine(model, batch),
                "kvgpt compiled": kvgpt_engine(model, compile=True),
+               "kvgpt compiled (AOT)": kvgpt_engine(model, compile="aot"),
                "transformers": hf_engine(hf_model(model))}
     build_s, skipped = {}, {}
     for name, module in peers.items():
