@@ -1,0 +1,168 @@
+"""The peer: llama.cpp (through llama-cpp-python 0.3.36, built from source) on kvgpt's weights as an F32 GGUF.
+
+`write_gguf` stores the model for llama.cpp's "gpt2" architecture with the `gguf` package's GGUFWriter; the names,
+shapes and keys are the ones vendor/llama.cpp/src/models/gpt2.cpp loads and conversion/gpt2.py (GPT2Model) writes:
+    token_embd (V, C) · position_embd (block_size, C) · blk.N.attn_norm · blk.N.attn_qkv (3C, C), rows q | k | v,
+    exactly kvgpt's qkv_proj · blk.N.attn_output · blk.N.ffn_norm · blk.N.ffn_up (4C, C) · blk.N.ffn_down (C, 4C)
+    (each .weight and .bias) · output_norm. Every matrix is kvgpt's nn.Linear weight as is ((out, in) in numpy is
+    ggml's {in, out}; the converter transposes only HF's Conv1D to reach the same layout).
+    No output.weight: gpt2.cpp marks it TENSOR_NOT_REQUIRED and, when absent, uses token_embd (TENSOR_DUPLICATED):
+    the LM head stays tied, as kvgpt has it.
+    Keys: gpt2.context_length, embedding_length, feed_forward_length (4C), block_count, attention.head_count,
+    attention.layer_norm_epsilon (1e-5; gpt2.cpp reads it), general.file_type ALL_F32.
+The tokenizer: kvgpt hands over token ids, so the file has tokenizer.ggml.model "none" and gpt2.vocab_size = V;
+llama-vocab.cpp then adds V dummy tokens (no BOS/EOS/merges) and nothing ever tokenizes text.
+The K/V cache is asked for in F32 (type_k = type_v = GGML_TYPE_F32): llama.cpp's default is F16, which would
+round every cached key and value. Flash attention stays off (Llama's default).
+
+Greedy: `Llama.eval(prompt)` (logits of the last position only, logits_all=False), argmax, then `eval([token])`
+per step; exactly N tokens, no EOS stop; argmax over llama_get_logits (the last output row, V floats).
+Batching: llama-cpp-python's Llama holds one sequence (n_seq_max=1), so the engine raises ValueError for B > 1.
+Threads: n_threads = n_threads_batch = `threads` (llama.cpp's own thread pool; torch is not involved).
+Shapes: prompt_ids (1, T) -> Run.tokens (1, N).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from importlib import metadata
+
+import numpy as np
+import torch
+
+from kvgpt.benchmark.engines import Engine, Run, _ms
+
+NAME = "llama.cpp"
+
+
+def available() -> str | None:
+    """None when llama_cpp and gguf import here, else the reason (the failed build's, if install.sh wrote one)."""
+    failed = pathlib.Path(sys.prefix) / ".llamacpp-failed"
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except Exception as e:  # ImportError, or OSError when the shared library does not load
+        reason = failed.read_text().strip() if failed.is_file() else ""
+        return f"llama_cpp does not import: {type(e).__name__}: {e}" + (f" (build: {reason})" if reason else "")
+    return None
+
+
+def versions() -> dict:
+    out = {}
+    for name in ("llama-cpp-python", "gguf", "torch", "kvgpt"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def gguf_tensors(model) -> dict[str, np.ndarray]:
+    """llama.cpp gpt2 tensor name -> float32 numpy array, from kvgpt's state dict (no copies of the head)."""
+    c = model.config
+    if c.kv_heads != c.n_heads:
+        raise ValueError(f"model: n_kv_heads={c.n_kv_heads} != n_heads={c.n_heads}; written as GPT-2 (multi-head)")
+    sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
+    out = {"token_embd.weight": sd["token_embedding.embedding.weight"],  # (V, C)
+           "position_embd.weight": sd["position_embedding.pos_embedding.weight"],  # (block_size, C)
+           "output_norm.weight": sd["final_layernorm.weight"], "output_norm.bias": sd["final_layernorm.bias"]}
+    names = {"ln_1": "attn_norm", "attn.qkv_proj": "attn_qkv", "attn.out_proj": "attn_output", "ln_2": "ffn_norm",
+             "ffn.fc": "ffn_up", "ffn.proj": "ffn_down"}
+    for i in range(c.n_layers):
+        for ours, theirs in names.items():
+            for p in ("weight", "bias"):
+                out[f"blk.{i}.{theirs}.{p}"] = sd[f"blocks.{i}.{ours}.{p}"]
+    return out
+
+
+def write_gguf(model, path: pathlib.Path) -> pathlib.Path:
+    """kvgpt's weights as an F32 GGUF for llama.cpp's gpt2 architecture (keys and names: module docstring)."""
+    import gguf
+
+    c = model.config
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_name("kvgpt")
+    writer.add_context_length(c.block_size)
+    writer.add_embedding_length(c.d_model)
+    writer.add_feed_forward_length(4 * c.d_model)
+    writer.add_block_count(c.n_layers)
+    writer.add_head_count(c.n_heads)
+    writer.add_layer_norm_eps(1e-5)  # GPT-2's layer_norm_epsilon, kvgpt's LAYER_NORM_EPS
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("none")  # ids in, ids out: no vocabulary needed
+    writer.add_vocab_size(c.vocab_size)  # "none" + vocab_size -> V dummy tokens (llama-vocab.cpp)
+    for name, array in gguf_tensors(model).items():
+        writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def load(path: pathlib.Path, model, threads: int):
+    """llama_cpp.Llama on the GGUF: context = block_size, F32 K/V cache, one batch holds a whole prompt."""
+    import llama_cpp
+
+    c = model.config
+    return llama_cpp.Llama(model_path=str(path), n_ctx=c.block_size, n_batch=c.block_size, n_ubatch=c.block_size,
+                           n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def last_logits(llm) -> np.ndarray:
+    """The logits of the last evaluated position: (V,) float32 (a copy: the next eval overwrites them)."""
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+
+def build(model, workdir: pathlib.Path, threads: int) -> Engine:
+    """Write the GGUF under `workdir`, load it, and return the greedy engine (batch 1)."""
+    llm = load(write_gguf(model, pathlib.Path(workdir) / "kvgpt-f32.gguf"), model, threads)
+    block_size = model.config.block_size
+
+    def run(prompt_ids: torch.Tensor, new_tokens: int) -> Run:
+        b, t = prompt_ids.shape
+        if b != 1:
+            raise ValueError(f"batch_size={b}: llama.cpp runs one sequence at a time here: llama-cpp-python's "
+                             "Llama holds one sequence (n_seq_max=1)")
+        if t + new_tokens > block_size:
+            raise ValueError(f"prompt length {t} + new_tokens={new_tokens} exceeds block_size={block_size}")
+        prompt = prompt_ids[0].tolist()
+        start = time.perf_counter()
+        llm.reset()  # n_tokens = 0: the next eval overwrites the cache from position 0
+        llm.eval(prompt)
+        tokens = [int(np.argmax(last_logits(llm)))]
+        first, first_cpu = time.perf_counter(), time.process_time()
+        for _ in range(new_tokens - 1):
+            llm.eval([tokens[-1]])
+            tokens.append(int(np.argmax(last_logits(llm))))
+        last, last_cpu = time.perf_counter(), time.process_time()
+        out = torch.tensor([tokens], dtype=torch.long)  # (1, N)
+        return Run(out, _ms(start, first), _ms(first, last), _ms(start, time.perf_counter()), _ms(first_cpu, last_cpu))
+
+    run.llm = llm  # for the logits check below
+    return run
+
+
+def prompt_logits_gap(model, engine, prompt_ids: torch.Tensor) -> float:
+    """max |llama.cpp's last-position logits - kvgpt's| after a prefill of one prompt (1, T)."""
+    llm = engine.llm
+    llm.reset()
+    llm.eval(prompt_ids[0].tolist())
+    with torch.no_grad():
+        ours = model(prompt_ids)[0, -1].numpy()  # (V,)
+    return float(np.abs(last_logits(llm) - ours).max())
+
+
+if __name__ == "__main__":
+    from _harness import main
+
+    from kvgpt.benchmark.engines import random_prompts
+
+    def extra(model, engine, name, threads, batch):
+        prompt = random_prompts(model.config.vocab_size, 1, 16, seed=0)
+        return {"prompt_logits_max_abs_diff": prompt_logits_gap(model, engine, prompt)}
+
+    sys.exit(main(sys.modules[__name__], extra=extra))
