@@ -112,48 +112,84 @@ def load(path: pathlib.Path, model, threads: int):
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
-def last_logits(llm) -> np.ndarray:
-    """The logits of the last evaluated position: (V,) float32 (a copy: the next eval overwrites them)."""
-    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+class Sequences:
+    """B sequences in one llama.cpp context: seq_id b is row b, each with block_size cells of F32 K/V cache.
+
+    B = 1 uses the Llama's own context and batch; B > 1 a context of its own on the same loaded weights
+    (n_seq_max = B, n_ctx = B * block_size, not unified: each sequence its own cells).
+    """
+
+    def __init__(self, llm, batch_size: int, block_size: int):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self.llm, self.b, self.vocab = llm, batch_size, llm.n_vocab()
+        if batch_size == 1:
+            self.ctx, self.batch = llm._ctx, llm._batch
+            return
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)  # the same threads, F32 K/V
+        params.n_seq_max, params.n_ctx = batch_size, batch_size * block_size
+        params.n_batch = params.n_ubatch = batch_size * block_size  # one decode call holds every prompt
+        params.kv_unified = False
+        if batch_size > llama_cpp.llama_max_parallel_sequences():
+            raise ValueError(f"batch_size={batch_size}: llama.cpp runs at most "
+                             f"{llama_cpp.llama_max_parallel_sequences()} sequences in one context")
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=batch_size * block_size, embd=0, n_seq_max=1, verbose=False)
+
+    def clear(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(self.ctx.memory, True)  # every sequence's cache, data too
+
+    def decode(self, rows: list[list[int]], start: int) -> np.ndarray:
+        """Feed rows[b] to sequence b at positions start.. -> logits of each row's last token (B, V) float32."""
+        b, n = self.batch.batch, 0
+        for seq, ids in enumerate(rows):
+            for j, token in enumerate(ids):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0] = token, start + j, 1, seq
+                b.logits[n] = j == len(ids) - 1  # an output row for the last token of each sequence only
+                n += 1
+        b.n_tokens = n
+        self.ctx.decode(self.batch)
+        # llama_get_logits: the output rows, contiguous, in the order their tokens appear in the batch
+        return np.ctypeslib.as_array(self.ctx.get_logits(), shape=(len(rows), self.vocab)).copy()
 
 
 def build(model, workdir: pathlib.Path, threads: int) -> Engine:
-    """Write the GGUF under `workdir`, load it, and return the greedy engine (batch 1)."""
+    """Write the GGUF under `workdir`, load it, and return the greedy engine (any batch size)."""
     llm = load(write_gguf(model, pathlib.Path(workdir) / "kvgpt-f32.gguf"), model, threads)
-    block_size = model.config.block_size
+    block_size, contexts = model.config.block_size, {}
 
     def run(prompt_ids: torch.Tensor, new_tokens: int) -> Run:
         b, t = prompt_ids.shape
-        if b != 1:
-            raise ValueError(f"batch_size={b}: llama.cpp runs one sequence at a time here: llama-cpp-python's "
-                             "Llama holds one sequence (n_seq_max=1)")
         if t + new_tokens > block_size:
             raise ValueError(f"prompt length {t} + new_tokens={new_tokens} exceeds block_size={block_size}")
-        prompt = prompt_ids[0].tolist()
+        if b not in contexts:  # built once per batch size, outside the timed region
+            contexts[b] = Sequences(llm, b, block_size)
+        seqs = contexts[b]
+        seqs.clear()
+        rows = prompt_ids.tolist()
         start = time.perf_counter()
-        llm.reset()  # n_tokens = 0: the next eval overwrites the cache from position 0
-        llm.eval(prompt)
-        tokens = [int(np.argmax(last_logits(llm)))]
+        steps = [np.argmax(seqs.decode(rows, 0), axis=-1)]  # (B,) the first new token of each row
         first, first_cpu = time.perf_counter(), time.process_time()
-        for _ in range(new_tokens - 1):
-            llm.eval([tokens[-1]])
-            tokens.append(int(np.argmax(last_logits(llm))))
+        for i in range(new_tokens - 1):
+            steps.append(np.argmax(seqs.decode([[int(x)] for x in steps[-1]], t + i), axis=-1))
         last, last_cpu = time.perf_counter(), time.process_time()
-        out = torch.tensor([tokens], dtype=torch.long)  # (1, N)
+        out = torch.from_numpy(np.stack(steps, axis=1).astype(np.int64))  # (B, N)
         return Run(out, _ms(start, first), _ms(first, last), _ms(start, time.perf_counter()), _ms(first_cpu, last_cpu))
 
-    run.llm = llm  # for the logits check below
+    run.sequences = lambda batch_size: contexts.setdefault(batch_size, Sequences(llm, batch_size, block_size))
     return run
 
 
 def prompt_logits_gap(model, engine, prompt_ids: torch.Tensor) -> float:
-    """max |llama.cpp's last-position logits - kvgpt's| after a prefill of one prompt (1, T)."""
-    llm = engine.llm
-    llm.reset()
-    llm.eval(prompt_ids[0].tolist())
+    """max |llama.cpp's last-position logits - kvgpt's| after a prefill of prompts (B, T)."""
+    seqs = engine.sequences(prompt_ids.size(0))
+    seqs.clear()
     with torch.no_grad():
-        ours = model(prompt_ids)[0, -1].numpy()  # (V,)
-    return float(np.abs(last_logits(llm) - ours).max())
+        ours = model(prompt_ids)[:, -1].numpy()  # (B, V)
+    return float(np.abs(seqs.decode(prompt_ids.tolist(), 0) - ours).max())
 
 
 if __name__ == "__main__":
@@ -162,7 +198,7 @@ if __name__ == "__main__":
     from kvgpt.benchmark.engines import random_prompts
 
     def extra(model, engine, name, threads, batch):
-        prompt = random_prompts(model.config.vocab_size, 1, 16, seed=0)
+        prompt = random_prompts(model.config.vocab_size, batch, 16, seed=0)
         return {"prompt_logits_max_abs_diff": prompt_logits_gap(model, engine, prompt)}
 
     sys.exit(main(sys.modules[__name__], extra=extra))

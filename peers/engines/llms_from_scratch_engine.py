@@ -132,7 +132,8 @@ def gpt_config(model) -> dict:
 def convert(model):
     """Their CachedGPTModel (fp32, eval) holding exactly `model`'s weights, LM head tied to the embedding."""
     cfg = gpt_config(model)
-    theirs = cached_model_class()(cfg)
+    with torch.device("meta"):  # no random init of weights about to be replaced (seconds for GPT-2-small)
+        theirs = cached_model_class()(cfg)
     ours, c = model.state_dict(), cfg["emb_dim"]
     sd = {"tok_emb.weight": ours["token_embedding.embedding.weight"],
           "pos_emb.weight": ours["position_embedding.pos_embedding.weight"],
@@ -147,7 +148,8 @@ def convert(model):
                        b + f"ff.layers.0.{p}": ours[k + f"ffn.fc.{p}"], b + f"ff.layers.2.{p}": ours[k + f"ffn.proj.{p}"]})
         for n, theirs_n in (("ln_1", "norm1"), ("ln_2", "norm2")):
             sd[b + f"{theirs_n}.scale"], sd[b + f"{theirs_n}.shift"] = ours[k + f"{n}.weight"], ours[k + f"{n}.bias"]
-    theirs.load_state_dict(sd, strict=True)  # strict: a renamed tensor in a later version fails loudly
+    sd = {k: v.detach().clone() for k, v in sd.items()}  # their own fp32 copies: nothing shared with kvgpt's model
+    theirs.load_state_dict(sd, strict=True, assign=True)  # strict: a renamed tensor in a later version fails loudly
     theirs.out_head.weight = theirs.tok_emb.weight  # tied, one Parameter, as kvgpt's lm_head
     return theirs.to(dtype=torch.float32).eval()
 
