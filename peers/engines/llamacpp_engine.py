@@ -15,11 +15,13 @@ llama-vocab.cpp then adds V dummy tokens (no BOS/EOS/merges) and nothing ever to
 The K/V cache is asked for in F32 (type_k = type_v = GGML_TYPE_F32): llama.cpp's default is F16, which would
 round every cached key and value. Flash attention stays off (Llama's default).
 
-Greedy: `Llama.eval(prompt)` (logits of the last position only, logits_all=False), argmax, then `eval([token])`
-per step; exactly N tokens, no EOS stop; argmax over llama_get_logits (the last output row, V floats).
-Batching: llama-cpp-python's Llama holds one sequence (n_seq_max=1), so the engine raises ValueError for B > 1.
+Greedy, through llama.cpp's own API (llama_decode on a llama_batch, as Llama.eval does it): one decode of the
+prompt(s) with an output row for each sequence's last token only, argmax, then one decode per step of one token
+per sequence; exactly N tokens, no EOS stop. The logits are llama_get_logits' rows (B, V), read as numpy.
+Batching: B sequences are B llama.cpp sequence ids in one context (n_seq_max = B, each its own block_size cells);
+B = 1 runs in the Llama object's own context. The prompts are equal-length (no padding), as the benchmark sends.
 Threads: n_threads = n_threads_batch = `threads` (llama.cpp's own thread pool; torch is not involved).
-Shapes: prompt_ids (1, T) -> Run.tokens (1, N).
+Shapes: prompt_ids (B, T) -> Run.tokens (B, N).
 """
 
 from __future__ import annotations
