@@ -23,7 +23,7 @@ published, in this order (each found by running after fixing the one before):
   3. forward's use_cache defaults to `cache is not None`, so passing a cache means using it (an explicit
      use_cache still wins; the uncached parity check calls forward(ids) with no cache, positions from 0);
   4. each block's attention gets the class RowMaskedAttention (a subclass; same module, same parameters) whose
-     forward is theirs line for line except `causal_mask[-num_tokens:, :]`.
+     forward is their computation, step for step, except `causal_mask[-num_tokens:, :]`.
 With these the cached tokens equal kvgpt's, and their uncached logits equal kvgpt's to ~1e-5.
 
 The weight map (kvgpt -> theirs): qkv_proj rows [0:C) | [C:2C) | [2C:3C) -> W_query | W_key | W_value (weight and
@@ -71,7 +71,7 @@ def versions() -> dict:
 
 
 def cached_model_class():
-    """GPTModel with the three changes the module docstring lists (built lazily: their package is optional)."""
+    """GPTModel with the four changes the module docstring lists (built lazily: their package is optional)."""
     from llms_from_scratch.kv_cache.gpt2 import GPTModel
 
     class CachedGPTModel(GPTModel):
@@ -94,7 +94,7 @@ def cached_model_class():
 
 
 def fixed_attention_class():
-    """Their MultiHeadAttention with forward repeated verbatim except the one mask line (change 4)."""
+    """Their MultiHeadAttention; forward is their computation in their order, except the one mask line (change 4)."""
     from llms_from_scratch.kv_cache.gpt2 import MultiHeadAttention
 
     class RowMaskedAttention(MultiHeadAttention):
