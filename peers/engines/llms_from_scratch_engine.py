@@ -171,6 +171,8 @@ def build(model, workdir: pathlib.Path, threads: int) -> Engine:
     theirs = convert(model)
 
     def run(prompt_ids: torch.Tensor, new_tokens: int) -> Run:
+        if new_tokens < 1:
+            raise ValueError(f"new_tokens={new_tokens}: must be >= 1 (the first token ends the prefill)")
         if prompt_ids.size(1) + new_tokens > theirs.cfg["context_length"]:
             raise ValueError(f"prompt length {prompt_ids.size(1)} + new_tokens={new_tokens} exceeds their "
                              f"context_length={theirs.cfg['context_length']}")
