@@ -18,6 +18,7 @@ step "$VENV/bin/pip" install -q --no-deps llms-from-scratch==1.0.19
 step "$VENV/bin/pip" install -q --no-deps -e .
 # llama.cpp: llama-cpp-python has no wheel on PyPI, so pip builds its sdist (cmake + a C/C++ compiler; pip fetches
 # cmake and ninja itself). Optional: if it fails the reason goes to $VENV/.llamacpp-failed and the other peers stay.
+# LLAMA_BUILD_TIMEOUT (seconds, default 0 = none) bounds the build; .ci/run sets it.
 # GGML_NATIVE: compiled for this CPU (-march=native), the way llama.cpp is meant to run; no BLAS, no tests/examples.
 # Measured here (2 shared vCPUs, Sapphire Rapids): 21.5 min wall, 13 min CPU. pip caches the built wheel
 # (~/.cache/pip/wheels): a reinstall takes seconds (3.2 s, pip install --force-reinstall --no-deps)
@@ -26,8 +27,10 @@ LLAMA_CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_B
 echo "== llama-cpp-python==0.3.36 from source (~20 min on 2 vCPUs; log: $VENV/llamacpp-build.log)"
 if ! command -v c++ > /dev/null 2>&1 && ! command -v g++ > /dev/null 2>&1 && ! command -v clang++ > /dev/null 2>&1; then
     echo "no C++ compiler on PATH (c++, g++ or clang++): llama-cpp-python builds from source" > "$VENV/.llamacpp-failed"
-elif ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/pip" install -v llama-cpp-python==0.3.36 > "$VENV/llamacpp-build.log" 2>&1; then
-    { echo "pip install llama-cpp-python==0.3.36 failed (CMAKE_ARGS=$LLAMA_CMAKE_ARGS); the log's last lines:"
+elif ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" timeout "${LLAMA_BUILD_TIMEOUT:-0}" "$VENV/bin/pip" install -v \
+        llama-cpp-python==0.3.36 > "$VENV/llamacpp-build.log" 2>&1; then
+    { echo "pip install llama-cpp-python==0.3.36 failed or passed LLAMA_BUILD_TIMEOUT=${LLAMA_BUILD_TIMEOUT:-0} s (0: none)" \
+           "(CMAKE_ARGS=$LLAMA_CMAKE_ARGS); the log's last lines:"
       grep -v '^ *\[' "$VENV/llamacpp-build.log" | tail -n 15; } > "$VENV/.llamacpp-failed"
 fi
 [ -f "$VENV/.llamacpp-failed" ] && echo "peers install: llama.cpp skipped: $(head -n 1 "$VENV/.llamacpp-failed")" >&2
