@@ -125,5 +125,5 @@ def recommended_threads(model: nn.Module, available: int | None = None) -> int:
     switches, not a measured crossover. Introduced in notebooks/08_benchmarks.ipynb.
     """
     cores = available if available is not None else (os.cpu_count() or 1)
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
-    return 1 if sum(storages.values()) < SMALL_MODEL_BYTES else max(int(cores), 1)
+    weights = sum(p.nelement() * p.element_size() for p in model.parameters())  # a tied weight is listed once
+    return 1 if weights < SMALL_MODEL_BYTES else max(int(cores), 1)
