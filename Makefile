@@ -78,10 +78,11 @@ $(PEERS_VENV)/.installed:
 
 peers-env: $(PEERS_VENV)/.installed
 
-peers-bench: peers-env
+peers-bench: $(VENV)/.installed peers-env
 	@if [ -f $(PEERS_VENV)/.installed ]; then $(PEERS_PY) peers/engines/bench.py $(PEERS_ARGS) && \
 	  if [ -z "$(PEERS_ARGS)" ]; then MKL_CBWR=COMPATIBLE $(PEERS_PY) peers/engines/bench.py --kvgpt-only \
 	    --models gpt2-small --prefix peers_mkl_generic_; fi; \
+	  if [ -z "$(PEERS_ARGS)" ]; then $(PY) scripts/peer_tables.py figures; fi; \
 	else echo "peers-bench: skipped, no working $(PEERS_VENV): $$(cat $(PEERS_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
 
 # Part II: serving benchmarks (static vs continuous batching vs vLLM, paged KV memory, prefix caching)
