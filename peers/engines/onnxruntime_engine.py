@@ -1,0 +1,185 @@
+"""ONNX Runtime peer: kvgpt's own model exported with torch.onnx, its KV cache as graph inputs and outputs.
+
+    PYTHONPATH=$PWD .venv-peers/bin/python peers/engines/onnxruntime_engine.py [--quick]
+
+The exported graph is `KVGraph` below, kvgpt's own submodules and weights (its split_heads, attend, merge_heads,
+FeedForward, LayerNorms, tied LM head): input_ids (B, T), past_key and past_value (L, B, H, P, D) ->
+logits (B, V) of the last position, present_key and present_value (L, B, H, P + T, D), the growing concat cache
+of ORT's decoder examples. B, T and P are dynamic axes, so ONE graph serves the prefill (P = 0) and every decode
+step (T = 1). The TorchScript exporter (dynamo=False) is used: see EXPORTERS for what else was tried.
+Each step hands the previous step's present_* OrtValues straight back as past_* (run_with_ort_values), so the
+cache never goes through numpy; greedy = numpy argmax (first maximum, as torch's) of the (B, V) logits.
+Batch > 1 works (every row has the same prompt length here, as in the benchmarks: no padding mask).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kvgpt.attention import attend, causal_mask
+from kvgpt.benchmark.engines import Engine, Run, _ms
+
+NAME = "onnxruntime"
+OPSET = 18  # LayerNormalization is a single op from opset 17 on; 18 is what both exporters emit cleanly
+# The session options this module settled on (see the report / README for the others measured)
+SETTINGS = {"exporter": "torchscript", "optimizer": None, "spinning": True}
+
+
+def available() -> str | None:
+    """None when onnxruntime and onnx import here, else the ImportError text."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def versions() -> dict:
+    """Versions that decide tokens and speed, and the CPU."""
+    from importlib import metadata
+
+    from kvgpt.benchmark.report import cpu_name
+
+    out = {}
+    for name in ("onnxruntime", "onnx", "torch", "kvgpt"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return {**out, "cpu": cpu_name(), "settings": dict(SETTINGS)}
+
+
+class KVGraph(nn.Module):
+    """kvgpt's decoder as one cached-step function, for export: the cache in, the grown cache out.
+
+    Shapes: input_ids (B, T), past_key / past_value (L, B, H, P, D) -> logits (B, V) (last position),
+    present_key / present_value (L, B, H, P + T, D). P = 0 is the prefill.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, past_key, past_value):
+        m = self.model
+        t, p = input_ids.size(1), past_key.size(3)
+        positions = torch.arange(p, p + t, device=input_ids.device)  # (T,): new tokens go after the past
+        x = m.token_embedding(input_ids) + m.position_embedding(positions)  # (B, T, C)
+        mask = causal_mask(t, p + t, input_ids.device)  # (T, S): all True for a decode step
+        keys, values = [], []
+        for i, block in enumerate(m.blocks):
+            q, k, v = block.attn.split_heads(block.ln_1(x))  # (B, H, T, D)
+            k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)  # (B, H, S, D)
+            keys.append(k)
+            values.append(v)
+            x = x + block.attn.merge_heads(attend(q, k, v, mask, block.attn.impl))  # (B, T, C)
+            x = x + block.ffn(block.ln_2(x))
+        return m._logits(x, last_only=True), torch.stack(keys), torch.stack(values)  # (B, V), (L, B, H, S, D)
+
+
+def export(model, path: Path, dynamo: bool = False) -> Path:
+    """Write KVGraph(model) to `path` (one graph, dynamic B, T, P) with torch.onnx.export."""
+    c = model.config
+    ids = torch.zeros(2, 3, dtype=torch.long)  # (B, T): sizes > 1 so no axis is traced as a constant 1
+    past = torch.zeros(c.n_layers, 2, c.kv_heads, 4, c.head_dim)  # (L, B, H, P, D)
+    # two distinct tensors: torch.export reads one object passed twice as one input (values would read keys)
+    args = (ids, past, past.clone())
+    names = (["input_ids", "past_key", "past_value"], ["logits", "present_key", "present_value"])
+    graph = KVGraph(model).eval()
+    with torch.no_grad():
+        if dynamo:
+            b, t, p = (torch.export.Dim(n) for n in ("batch", "new", "past"))
+            cache = {1: b, 3: p}
+            torch.onnx.export(graph, args, str(path), input_names=names[0], output_names=names[1],
+                              dynamic_shapes={"input_ids": {0: b, 1: t}, "past_key": cache, "past_value": cache},
+                              opset_version=OPSET, dynamo=True, external_data=False)
+        else:
+            cache = {1: "batch", 3: "past"}
+            present = {1: "batch", 3: "total"}
+            torch.onnx.export(graph, args, str(path), input_names=names[0], output_names=names[1],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "new"}, "past_key": cache,
+                                            "past_value": cache, "logits": {0: "batch"},
+                                            "present_key": present, "present_value": present},
+                              opset_version=OPSET, dynamo=False)
+    return path
+
+
+def optimize(path: Path, model, out: Path) -> Path:
+    """onnxruntime.transformers' GPT-2 fusions (LayerNorm, Gelu, attention where its patterns match)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    c = model.config
+    optimized = optimize_model(str(path), model_type="gpt2", num_heads=c.n_heads, hidden_size=c.d_model,
+                               opt_level=0)
+    optimized.save_model_to_file(str(out))
+    return out
+
+
+def session(path: Path, threads: int, spinning: bool = True):
+    """A CPU-EP InferenceSession: all graph optimisations, `threads` intra-op, one inter-op, sequential."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # spinning: idle pool threads busy-wait for the next op (lower latency per op, CPU burnt between calls)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def build(model, workdir: Path, threads: int, dynamo: bool | None = None, optimizer: str | None = None,
+          spinning: bool | None = None) -> Engine:
+    """Export `model` to workdir/kvgpt.onnx and return an Engine running it in ONNX Runtime at `threads`."""
+    dynamo = SETTINGS["exporter"] == "dynamo" if dynamo is None else dynamo
+    optimizer = SETTINGS["optimizer"] if optimizer is None else optimizer
+    spinning = SETTINGS["spinning"] if spinning is None else spinning
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = export(model, workdir / "kvgpt.onnx", dynamo)
+    if optimizer == "gpt2":
+        path = optimize(path, model, workdir / "kvgpt.opt.onnx")
+    sess = session(path, threads, spinning)
+    return ort_engine(sess, model.config)
+
+
+def ort_engine(sess, config) -> Engine:
+    """An Engine over a KVGraph session: prefill with an empty cache, then one run per new token."""
+    import onnxruntime as ort
+
+    to_ort = ort.OrtValue.ortvalue_from_numpy
+    shape = (config.n_layers, 0, config.kv_heads, 0, config.head_dim)  # (L, B, H, P=0, D)
+
+    def run(prompt_ids: torch.Tensor, new_tokens: int) -> Run:
+        b = prompt_ids.size(0)
+        empty = to_ort(np.zeros((shape[0], b, *shape[2:]), dtype=np.float32))
+        start = time.perf_counter()
+        feed = {"input_ids": to_ort(prompt_ids.numpy()), "past_key": empty, "past_value": empty}
+        steps, first, first_cpu = [], None, None
+        for _ in range(new_tokens):
+            logits, key, value = sess.run_with_ort_values(None, feed)  # OrtValues: the cache stays in ORT
+            ids = logits.numpy().argmax(-1)  # (B,)
+            steps.append(ids)
+            if first is None:
+                first, first_cpu = time.perf_counter(), time.process_time()
+            feed = {"input_ids": to_ort(ids.reshape(b, 1)), "past_key": key, "past_value": value}
+        last, last_cpu = time.perf_counter(), time.process_time()
+        tokens = torch.from_numpy(np.stack(steps, axis=1))  # (B, N)
+        return Run(tokens, _ms(start, first), _ms(first, last), _ms(start, time.perf_counter()),
+                   _ms(first_cpu, last_cpu))
+
+    return run
+
+
+if __name__ == "__main__":
+    import sys
+
+    import _harness
+
+    sys.exit(_harness.main(sys.modules[__name__]))
