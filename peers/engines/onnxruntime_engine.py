@@ -27,7 +27,7 @@ from kvgpt.benchmark.engines import Engine, Run, _ms
 NAME = "onnxruntime"
 OPSET = 18  # LayerNormalization is a single op from opset 17 on; 18 is what both exporters emit cleanly
 # The session options this module settled on (see the report / README for the others measured)
-SETTINGS = {"exporter": "torchscript", "optimizer": None, "spinning": True}
+SETTINGS = {"exporter": "torchscript", "optimizer": None, "spinning": True, "graphs": 2}
 
 
 def available() -> str | None:
@@ -62,16 +62,16 @@ class KVGraph(nn.Module):
     present_key / present_value (L, B, H, P + T, D). P = 0 is the prefill.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, step: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.step = model, step  # step: a decode-step graph (T = 1, no mask ops at all)
 
     def forward(self, input_ids, past_key, past_value):
         m = self.model
         t, p = input_ids.size(1), past_key.size(3)
         positions = torch.arange(p, p + t, device=input_ids.device)  # (T,): new tokens go after the past
         x = m.token_embedding(input_ids) + m.position_embedding(positions)  # (B, T, C)
-        mask = causal_mask(t, p + t, input_ids.device)  # (T, S): all True for a decode step
+        mask = None if self.step else causal_mask(t, p + t, input_ids.device)  # (T, S); a step sees every key
         keys, values = [], []
         for i, block in enumerate(m.blocks):
             q, k, v = block.attn.split_heads(block.ln_1(x))  # (B, H, T, D)
@@ -83,27 +83,29 @@ class KVGraph(nn.Module):
         return m._logits(x, last_only=True), torch.stack(keys), torch.stack(values)  # (B, V), (L, B, H, S, D)
 
 
-def export(model, path: Path, dynamo: bool = False) -> Path:
-    """Write KVGraph(model) to `path` (one graph, dynamic B, T, P) with torch.onnx.export."""
+def export(model, path: Path, dynamo: bool = False, step: bool = False) -> Path:
+    """Write KVGraph(model, step) to `path` with torch.onnx.export: dynamic B, P, and T unless `step` (T = 1)."""
     c = model.config
-    ids = torch.zeros(2, 3, dtype=torch.long)  # (B, T): sizes > 1 so no axis is traced as a constant 1
+    ids = torch.zeros(2, 1 if step else 3, dtype=torch.long)  # (B, T): sizes > 1 so no axis traces as a constant
     past = torch.zeros(c.n_layers, 2, c.kv_heads, 4, c.head_dim)  # (L, B, H, P, D)
     # two distinct tensors: torch.export reads one object passed twice as one input (values would read keys)
     args = (ids, past, past.clone())
     names = (["input_ids", "past_key", "past_value"], ["logits", "present_key", "present_value"])
-    graph = KVGraph(model).eval()
+    graph = KVGraph(model, step).eval()
+    new = {} if step else {1: "new"}
     with torch.no_grad():
         if dynamo:
             b, t, p = (torch.export.Dim(n) for n in ("batch", "new", "past"))
             cache = {1: b, 3: p}
             torch.onnx.export(graph, args, str(path), input_names=names[0], output_names=names[1],
-                              dynamic_shapes={"input_ids": {0: b, 1: t}, "past_key": cache, "past_value": cache},
+                              dynamic_shapes={"input_ids": {0: b} if step else {0: b, 1: t}, "past_key": cache,
+                                              "past_value": cache},
                               opset_version=OPSET, dynamo=True, external_data=False)
         else:
             cache = {1: "batch", 3: "past"}
             present = {1: "batch", 3: "total"}
             torch.onnx.export(graph, args, str(path), input_names=names[0], output_names=names[1],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "new"}, "past_key": cache,
+                              dynamic_axes={"input_ids": {0: "batch", **new}, "past_key": cache,
                                             "past_value": cache, "logits": {0: "batch"},
                                             "present_key": present, "present_value": present},
                               opset_version=OPSET, dynamo=False)
@@ -135,51 +137,59 @@ def session(path: Path, threads: int, spinning: bool = True):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def build(model, workdir: Path, threads: int, dynamo: bool | None = None, optimizer: str | None = None,
-          spinning: bool | None = None) -> Engine:
-    """Export `model` to workdir/kvgpt.onnx and return an Engine running it in ONNX Runtime at `threads`."""
-    dynamo = SETTINGS["exporter"] == "dynamo" if dynamo is None else dynamo
-    optimizer = SETTINGS["optimizer"] if optimizer is None else optimizer
-    spinning = SETTINGS["spinning"] if spinning is None else spinning
+def build(model, workdir: Path, threads: int, **options) -> Engine:
+    """Export `model` under workdir and return an Engine running it in ONNX Runtime at `threads`.
+
+    options override SETTINGS: exporter "torchscript" | "dynamo", optimizer None | "gpt2", spinning bool,
+    graphs 1 (one graph for prefill and steps) | 2 (the same prefill graph plus a T = 1 step graph).
+    """
+    unknown = set(options) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"options {sorted(unknown)}: allowed are {sorted(SETTINGS)}")
+    o = {**SETTINGS, **options}
     workdir.mkdir(parents=True, exist_ok=True)
-    path = export(model, workdir / "kvgpt.onnx", dynamo)
-    if optimizer == "gpt2":
-        path = optimize(path, model, workdir / "kvgpt.opt.onnx")
-    sess = session(path, threads, spinning)
-    return ort_engine(sess, model.config)
+    sessions = []
+    for step in (False, True)[:o["graphs"]]:
+        path = export(model, workdir / f"kvgpt{'-step' if step else ''}.onnx", o["exporter"] == "dynamo", step)
+        if o["optimizer"] == "gpt2":
+            path = optimize(path, model, path.with_suffix(".opt.onnx"))
+        sessions.append(session(path, threads, o["spinning"]))
+    return ort_engine(sessions[0], model.config, sessions[-1])
 
 
-def ort_engine(sess, config) -> Engine:
-    """An Engine over a KVGraph session: prefill with an empty cache, then one run per new token.
+def ort_engine(sess, config, step_sess=None) -> Engine:
+    """An Engine over KVGraph sessions: `sess` runs the prefill (empty cache), `step_sess` (default: sess) each step.
 
-    IOBinding: ORT allocates each step's outputs and the present_* OrtValues are bound as the next step's past_*,
+    IOBinding: ORT allocates each run's outputs and the present_* OrtValues are bound as the next run's past_*,
     so the cache is never copied through numpy (run() with numpy feeds copies it out every step).
     """
     import onnxruntime as ort
 
+    step_sess = step_sess or sess
     shape = (config.n_layers, 0, config.kv_heads, 0, config.head_dim)  # (L, B, H, P=0, D)
 
     def run(prompt_ids: torch.Tensor, new_tokens: int) -> Run:
         b = prompt_ids.size(0)
         empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((shape[0], b, *shape[2:]), dtype=np.float32))
-        io = sess.io_binding()
+        bindings = {id(s): s.io_binding() for s in (sess, step_sess)}
         start = time.perf_counter()
-        ids, key, value = np.ascontiguousarray(prompt_ids.numpy()), empty, empty
+        ids, key, value, current = np.ascontiguousarray(prompt_ids.numpy()), empty, empty, sess
         steps, first, first_cpu = [], None, None
         for _ in range(new_tokens):
+            io = bindings[id(current)]
             io.bind_cpu_input("input_ids", ids)
             io.bind_ortvalue_input("past_key", key)
             io.bind_ortvalue_input("past_value", value)
             for name in ("logits", "present_key", "present_value"):
-                io.bind_output(name, "cpu")  # ORT allocates: the cache grows by one slot per step
-            sess.run_with_iobinding(io)
+                io.bind_output(name, "cpu")  # ORT allocates: the cache grows by one slot per run
+            current.run_with_iobinding(io)
             logits, key, value = io.get_outputs()
             io.clear_binding_outputs()
             step = logits.numpy().argmax(-1)  # (B,): greedy, the first maximum on ties as torch's argmax
             steps.append(step)
             if first is None:
                 first, first_cpu = time.perf_counter(), time.process_time()
-            ids = step.reshape(b, 1)
+            ids, current = step.reshape(b, 1), step_sess
         last, last_cpu = time.perf_counter(), time.process_time()
         tokens = torch.from_numpy(np.stack(steps, axis=1))  # (B, N)
         return Run(tokens, _ms(start, first), _ms(first, last), _ms(start, time.perf_counter()),
