@@ -5,11 +5,28 @@
 The exported graph is `KVGraph` below, kvgpt's own submodules and weights (its split_heads, attend, merge_heads,
 FeedForward, LayerNorms, tied LM head): input_ids (B, T), past_key and past_value (L, B, H, P, D) ->
 logits (B, V) of the last position, present_key and present_value (L, B, H, P + T, D), the growing concat cache
-of ORT's decoder examples. B, T and P are dynamic axes, so ONE graph serves the prefill (P = 0) and every decode
-step (T = 1). The TorchScript exporter (dynamo=False) is used: see EXPORTERS for what else was tried.
-Each step binds the previous step's present_* OrtValues as past_* (IOBinding), so the cache never goes
-through numpy; greedy = numpy argmax (first maximum, as torch's) of the (B, V) logits.
+of ORT's decoder examples. B and P are dynamic axes. TWO graphs by default: the prefill graph (T dynamic, causal
+mask, run once with P = 0) and a decode-step graph (T = 1, no mask ops); graphs=1 runs the prefill graph for every
+step too (one graph serves both; a little slower on the char model, where per-op overhead is the cost).
+Each run binds the previous run's present_* OrtValues as past_* (IOBinding), so the cache never goes through
+numpy; greedy = numpy argmax (first maximum, as torch's) of the (B, V) logits.
 Batch > 1 works (every row has the same prompt length here, as in the benchmarks: no padding mask).
+Session: CPU EP, ORT_ENABLE_ALL, intra_op_num_threads=threads, inter_op 1, ORT_SEQUENTIAL.
+
+Options measured (peers/engines/sweep_options.py; decode ms/token, median, 1 thread, busy 2-vCPU Intel Xeon
+(Sapphire Rapids), so indicative only; every variant's tokens equal kvgpt static's):
+  char B=1 (N=64):  1 graph torchscript 0.876 | 2 graphs torchscript 0.857 | no spinning 0.837 | dynamo 0.687 |
+                    dynamo + gpt2 optimizer 0.655 | torchscript + gpt2 optimizer 0.694 (kvgpt static 1.72)
+  char B=8:         torchscript 2.56 | dynamo 2.55 | dynamo + gpt2 opt 2.44 | torchscript + gpt2 opt 2.50 (kvgpt 3.46)
+  GPT-2-small B=8 (N=32): 1 graph 128 | 2 graphs torchscript 122 | dynamo 121 | dynamo + gpt2 opt 128 (kvgpt 178)
+  GPT-2-small B=1: torchscript 74.4 | dynamo + gpt2 opt 73.7 | torchscript + gpt2 opt 75.4 (kvgpt 76.9)
+  feeding the cache: run() with numpy 0.489, IOBinding 0.498, run_with_ort_values 0.617 (char B=1); IOBinding
+  keeps the (L, B, H, S, D) cache inside ORT, which numpy feeds copy out every step (28 MB at GPT-2 B=8, S=48).
+The dynamo exporter is the default (fastest or tied; a graph built from torch.export; 4x slower to export);
+the TorchScript exporter (dynamo=False) gives the same tokens. The gpt2 optimizer (onnxruntime.transformers, fuses
+SkipLayerNormalization / FastGelu where its patterns match kvgpt's graph) stays exact and is kept.
+Spinning (ORT's default) is kept: at 2 threads on a loaded machine its busy-waiting pool slows a torch run that
+follows in the same process; set spinning=False when timing side by side under load.
 """
 
 from __future__ import annotations
