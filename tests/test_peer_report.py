@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from kvgpt.benchmark.peer_report import fastest, load_peers, peer_table, plot_peers, ratios, skipped_engines
+from kvgpt.benchmark.peer_report import fastest, load_peers, peer_ratios, peer_table, plot_peers, skipped_engines
 
 COLUMNS = ["model", "threads", "batch", "engine", "decode_ms", "x_floor", "floor_ms", "tokens_equal",
            "first_mismatch", "prefill_ms", "build_or_compile_s", "skipped"]
@@ -28,7 +28,7 @@ def test_tables_ratios_and_fastest(csv):
     assert list(df.engine) == ["kvgpt static", "onnxruntime"] * 2  # the skipped row is not a measurement
     table = peer_table(df)
     assert list(table.columns) == ["kvgpt static", "onnxruntime"] and table.loc[("m", 2, 8), "onnxruntime"] == 6.0
-    assert ratios(df).loc[("m", 1, 1), "onnxruntime"] == 0.5
+    assert peer_ratios(df).loc[("m", 1, 1), "onnxruntime"] == 0.5
     best = fastest(df).set_index(["threads", "batch"])
     assert best.loc[(1, 1), "fastest"] == "onnxruntime" and best.loc[(1, 1), "kvgpt_over_fastest"] == 2.0
     assert best.loc[(2, 8), "fastest"] == "kvgpt static" and best.loc[(2, 8), "kvgpt_over_fastest"] == 1.0

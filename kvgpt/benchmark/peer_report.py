@@ -34,7 +34,7 @@ def peer_table(df: pd.DataFrame, value: str = "decode_ms") -> pd.DataFrame:
     return table[order]
 
 
-def ratios(df: pd.DataFrame, engine: str = REFERENCE) -> pd.DataFrame:
+def peer_ratios(df: pd.DataFrame, engine: str = REFERENCE) -> pd.DataFrame:
     """Each engine's decode ms/token divided by `engine`'s on the same shape: < 1 = faster than it."""
     table = peer_table(df)
     return table.div(table[engine], axis=0)

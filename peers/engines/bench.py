@@ -40,6 +40,7 @@ from kvgpt.linear import mkl_generic_path, set_linear_backend  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ("onnxruntime_engine", "ctranslate2_engine", "llamacpp_engine", "llms_from_scratch_engine")
 PROMPT_LEN = 16
+PAUSE_S = 0.2  # ORT's spinning pool slowed a torch run right after it ~2x (measured): every engine starts rested
 # (model, new tokens, batch sizes, repeats) per mode
 PLANS = {"full": (("shakespeare-char", 128, (1, 8), 5), ("gpt2-small", 32, (1, 8), 5)),
          "quick": (("shakespeare-char", 48, (1,), 3),)}
@@ -102,6 +103,7 @@ def measure(name: str, model, threads: int, batch: int, new_tokens: int, repeats
             ref = warm[engine_name].tokens if ref is None else ref
         for _ in range(repeats):
             for engine_name, engine in engines.items():
+                time.sleep(PAUSE_S)  # let the previous engine's spinning threads (ORT, OpenMP) park first
                 runs.setdefault(engine_name, []).append(engine(prompt, new_tokens))
     for engine_name, rs in runs.items():
         ms = statistics.median(r.decode_ms / (new_tokens - 1) for r in rs)
