@@ -10,7 +10,7 @@ Shape legend, used as trailing comments throughout the package and the notebooks
     V  vocabulary size          L  layers
 
 Chapter map: config (01) · embeddings (02) · attention (03) · kv_cache, model (04) ·
-generation (05) · sampling (06) · batching (07) · benchmark (08).
+generation (05) · sampling (06) · batching (07) · benchmark, linear, compiled (08).
 """
 
 from .attention import CausalSelfAttention

@@ -64,13 +64,16 @@ def onednn_engine(model, batch_hint: int):
     return kvgpt_engine(twin)
 
 
-def engines_for(model, workdir: Path, threads: int, peers: dict) -> tuple[dict, dict, dict]:
-    """-> ({name: engine}, {name: build seconds}, {name: reason it cannot run this shape})."""
+def engines_for(model, workdir: Path, threads: int, peers: dict, only=None) -> tuple[dict, dict, dict]:
+    """-> ({name: engine}, {name: build seconds}, {name: reason it cannot run this shape}); `only`: a subset."""
+    keep = (lambda name: only is None or name in only)
+    peers = {k: v for k, v in peers.items() if keep(k)}
     engines = {"kvgpt static": kvgpt_engine(model),
                "kvgpt static, oneDNN": onednn_engine(model, 8),  # packed for 8 rows: as fast at 1 (measured)
                "kvgpt compiled": kvgpt_engine(model, compile=True),
                "kvgpt compiled (AOT)": kvgpt_engine(model, compile="aot"),
                "transformers": hf_engine(hf_model(model))}
+    engines = {k: v for k, v in engines.items() if keep(k)}
     build_s, skipped = {}, {}
     for name, module in peers.items():
         start = time.perf_counter()
@@ -118,6 +121,20 @@ def measure(name: str, model, threads: int, batch: int, new_tokens: int, repeats
     return rows
 
 
+def bounds(name: str, model, threads: int, batches) -> list[dict]:
+    """What bounds kvgpt's step at this thread count: its matmuls alone (MKL, F.linear) per batch size, and the
+    top-level ATen ops one decode step launches, eager and compiled (a compiled graph's fused kernels are not
+    ATen ops: what is left are the matmuls it calls out to)."""
+    from kvgpt.benchmark.bounds import matmul_time_ms, ops_per_step
+
+    rows = [{"model": name, "threads": threads, "batch": b, "quantity": "matmul ms (MKL)",
+             "value": matmul_time_ms(model, b, b)[0]} for b in batches]
+    for engine_name, engine in (("kvgpt static", kvgpt_engine(model)), ("kvgpt compiled", kvgpt_engine(model, compile=True))):
+        rows.append({"model": name, "threads": threads, "batch": 1, "quantity": f"ATen ops per step, {engine_name}",
+                     "value": ops_per_step(engine, model.config.vocab_size)})
+    return rows
+
+
 def _first_diff(tokens: torch.Tensor, ref: torch.Tensor) -> str:
     if tokens.shape != ref.shape:
         return f"shape {tuple(tokens.shape)} vs {tuple(ref.shape)}"
@@ -142,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default=None, help="file prefix (default peers_ or peers_quick_)")
     parser.add_argument("--kvgpt-only", action="store_true", help="only kvgpt's engines and transformers")
     parser.add_argument("--models", nargs="+", default=None, choices=["shakespeare-char", "gpt2-small"])
+    parser.add_argument("--engines", nargs="+", default=None, help="only these engines (names as in the table)")
+    parser.add_argument("--bounds-only", action="store_true", help="only kvgpt's matmul times and op counts")
     args = parser.parse_args(argv)
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads {args.threads}: each must be >= 1")
@@ -149,23 +168,30 @@ def main(argv: list[str] | None = None) -> int:
     peers, missing = ({}, {}) if args.kvgpt_only else peer_modules()
     for name, reason in missing.items():
         print(f"[peers] {name}: not run: {reason}", file=sys.stderr)
-    rows = []
+    rows, limits = [], []
     for name, new_tokens, batches, repeats in PLANS[mode]:
         if args.models and name not in args.models:
             continue
         model, _ = build_model(name)
         for threads in args.threads:
             torch.set_num_threads(threads)
+            limits += bounds(name, model, threads, batches)
+            if args.bounds_only:
+                continue
             with tempfile.TemporaryDirectory(prefix="kvgpt-peers-") as tmp:
-                built = engines_for(model, Path(tmp), threads, peers)
+                built = engines_for(model, Path(tmp), threads, peers, args.engines)
                 for batch in batches:
                     print(f"[peers {time.perf_counter() - started:6.0f}s] {name} threads={threads} B={batch}",
                           file=sys.stderr, flush=True)
                     rows += measure(name, model, threads, batch, new_tokens, repeats, built)
                 del built
-    df = pd.DataFrame(rows)
     out, prefix = Path(args.out), args.prefix or f"peers_{'quick_' if args.quick else ''}"
     out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(limits).to_csv(out / f"{prefix}bounds.csv", index=False, float_format="%.5g")
+    if args.bounds_only:
+        print(pd.DataFrame(limits).to_string(index=False))
+        return 0
+    df = pd.DataFrame(rows)
     df.to_csv(out / f"{prefix}results.csv", index=False, float_format="%.5g")
     info = meta(mode, time.perf_counter() - started, peers, missing)
     (out / f"{prefix}meta.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
