@@ -146,6 +146,17 @@ def write_results(results: dict, out: Path, prefix: str = "bench_", figures=None
     return paths + (figures or save_figures)(results, out, prefix)
 
 
+def package_versions(*names: str) -> dict:
+    """{distribution name: installed version, or None}: what the peers' and the suite's metadata record."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it (what every benchmark figure records beside its numbers)."""
     try:

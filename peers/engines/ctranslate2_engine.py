@@ -46,16 +46,9 @@ def available() -> str | None:
 
 def versions() -> dict:
     """Versions that decide tokens and speed, and the CPU."""
-    from importlib import metadata
+    from kvgpt.benchmark.report import cpu_name, package_versions
 
-    from kvgpt.benchmark.report import cpu_name
-
-    out = {}
-    for name in ("ctranslate2", "transformers", "torch", "kvgpt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    out = package_versions("ctranslate2", "transformers", "torch", "kvgpt")
     return {**out, "cpu": cpu_name(), "stream": STREAM}
 
 

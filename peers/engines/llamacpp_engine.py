@@ -34,7 +34,6 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
-from importlib import metadata
 
 import numpy as np
 import torch
@@ -57,12 +56,9 @@ def available() -> str | None:
 
 
 def versions() -> dict:
-    out = {}
-    for name in ("llama-cpp-python", "gguf", "torch", "kvgpt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    from kvgpt.benchmark.report import package_versions
+
+    out = package_versions("llama-cpp-python", "gguf", "torch", "kvgpt")
     return out
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from importlib import metadata
 
 import torch
 
@@ -61,12 +60,9 @@ def available() -> str | None:
 
 
 def versions() -> dict:
-    out = {}
-    for name in ("llms-from-scratch", "torch", "kvgpt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    from kvgpt.benchmark.report import package_versions
+
+    out = package_versions("llms-from-scratch", "torch", "kvgpt")
     return out
 
 

@@ -60,16 +60,9 @@ def available() -> str | None:
 
 def versions() -> dict:
     """Versions that decide tokens and speed, and the CPU."""
-    from importlib import metadata
+    from kvgpt.benchmark.report import cpu_name, package_versions
 
-    from kvgpt.benchmark.report import cpu_name
-
-    out = {}
-    for name in ("onnxruntime", "onnx", "torch", "kvgpt"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    out = package_versions("onnxruntime", "onnx", "torch", "kvgpt")
     return {**out, "cpu": cpu_name(), "settings": dict(SETTINGS)}
 
 
