@@ -17,7 +17,9 @@ from .attention import CausalSelfAttention
 from .config import ModelConfig
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .generation import AutoregressiveGenerator, GenerationStats
-from .kv_cache import CachedCausalSelfAttention, DynamicKVCache, KVCache, KVCacheManager, StaticKVCache
+from .cache_manager import CacheView, KVCacheManager, NoCache
+from .kv_cache import CachedCausalSelfAttention, DynamicKVCache, KVCache, StaticKVCache
+from . import quantized_cache as _quantized_cache  # registers the "int8" cache kind (kvgpt/cache_manager.py)
 from .model import FeedForward, MiniGPTInferenceModel, TransformerBlock
 from .pretrained import load_pretrained
 from .sampling import Sampler

@@ -10,7 +10,6 @@ from numbers import Integral
 
 import torch
 
-from .attention import causal_mask
 from .validation import ID_DTYPES, ArgumentTypeError, check_tensor, fail_type, show
 
 
@@ -30,31 +29,47 @@ def pad_lengths_from_mask(attention_mask: torch.Tensor, batch_size: int) -> torc
     return (mask == 0).sum(dim=1)  # (B,)
 
 
-def padded_position_ids(pad_lengths: torch.Tensor, past: int, t: int) -> torch.Tensor:
-    """Positions of slots past .. past + t - 1 for each row: slot - pad, pads clamped to 0. -> (B, T).
+def query_slots(past, t: int, device=None) -> torch.Tensor:
+    """The cache slots the next t tokens go to: past .. past + t - 1, per row when past is per row.
+
+    past: an int (every row has filled that many slots), or a (B,) / (1,) tensor (each row its own count, or a
+    compiled step's position as a tensor). Slots below 0 (the left padding of a shorter row in a ragged call)
+    are clamped to 0. Shapes: -> (T,) for an int, (B or 1, T) for a tensor.
+    Introduced in notebooks/07_batching.ipynb.
+    """
+    if isinstance(past, torch.Tensor):
+        return (past[:, None] + torch.arange(t, device=past.device)).clamp(min=0)  # (B, T)
+    return torch.arange(past, past + t, device=device)  # (T,)
+
+
+def padded_position_ids(pad_lengths: torch.Tensor, past, t: int) -> torch.Tensor:
+    """Positions of the next t slots of each row: slot - pad, pads clamped to 0. -> (B, T).
 
     Without this, a row padded by 3 would start its text at position 3 and its logits would
     differ from running it alone (the classic left-padding bug for learned positions).
+    `past` is an int or per-row tensor (see query_slots): the one place kvgpt turns slots into positions.
 
     Introduced in notebooks/07_batching.ipynb.
     """
-    slots = torch.arange(past, past + t, device=pad_lengths.device)  # (T,)
-    return (slots[None, :] - pad_lengths[:, None]).clamp(min=0)  # (B, T)
+    slots = query_slots(past, t, pad_lengths.device)  # (T,) or (B, T)
+    return (slots - pad_lengths[:, None]).clamp(min=0)  # (B, T)
 
 
-def padded_attention_mask(pad_lengths: torch.Tensor, past: int, t: int) -> torch.Tensor:
-    """Mask for t new queries over S = past + t slots: causal, no pad keys, and always itself.
+def padded_attention_mask(pad_lengths: torch.Tensor, past, t: int, s: int | None = None) -> torch.Tensor:
+    """Mask for t new queries over S slots: causal, no pad keys, and always itself.
 
-    Shapes: pad_lengths (B,) -> (B, 1, T, S) bool. Letting a query see itself means a padding
-    query still has one key, so softmax never meets an all-masked row (no NaN).
+    Shapes: pad_lengths (B,) -> (B, 1, T, S) bool, S = past + t unless given (a static buffer's capacity, a
+    ragged batch's longest row). Letting a query see itself means a padding query still has one key, so softmax
+    never meets an all-masked row (no NaN). The one place kvgpt builds a padding/ragged mask.
 
     Introduced in notebooks/07_batching.ipynb.
     """
-    s, device = past + t, pad_lengths.device
-    causal = causal_mask(t, s, device)  # (T, S)
-    itself = torch.arange(s, device=device)[None, :] == torch.arange(past, s, device=device)[:, None]  # (T, S)
-    real = torch.arange(s, device=device)[None, :] >= pad_lengths[:, None]  # (B, S)
-    return (causal & (real[:, None, :] | itself)).unsqueeze(1)  # (B, 1, T, S)
+    s = past + t if s is None else s
+    device = pad_lengths.device
+    q = query_slots(past, t, device)[..., None]  # (T, 1) or (B, T, 1): each query's own slot
+    keys = torch.arange(s, device=device)  # (S,)
+    causal_real = (keys <= q) & (keys >= pad_lengths[:, None, None])  # (B, T, S)
+    return (causal_real | (keys == q)).unsqueeze(1)  # (B, 1, T, S)
 
 
 def pad_prompts(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:

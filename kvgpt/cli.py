@@ -18,7 +18,7 @@ import itertools
 import os
 import sys
 
-from .kv_cache import CACHE_KINDS
+from .cache_manager import CACHE_KINDS
 from .pretrained import DEFAULT_MODEL, available_models, load_pretrained
 
 EPILOG = ("The generated text goes to stdout, the summary line to stderr. "

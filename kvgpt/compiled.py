@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from .attention import attend
-from .kv_cache import KVCacheManager, StaticKVCache
+from .batching import padded_attention_mask, padded_position_ids
+from .cache_manager import KVCacheManager
+from .kv_cache import KVCache, StaticKVCache
 from .validation import check_choice, fail_type
 
 CAPACITY_FLOOR = 64  # smallest compiled cache: shorter generations share one graph instead of one each
@@ -38,39 +40,72 @@ def graph_capacity(needed: int, block_size: int) -> int:
     return min(capacity, block_size)
 
 
-def decode_graph(model, next_ids, position, pad, keys, values):
-    """One decode step as pure tensor code: write slot `position` of every layer, return the logits.
+class StaticStepView:
+    """A static KVCacheManager seen by one compiled decode step: the model's own CacheView, with the position a tensor.
 
-    Shapes: next_ids (B, 1), position (1,) long, pad (B,) left-padding per row, keys/values L buffers of
-    (B, Hkv, capacity, D) -> logits (B, V). Slots after `position` and a row's padding are masked out.
+    Shapes: position (1,) long (the slot every row writes), pad (B,) left padding per row, keys/values L buffers of
+    (B, Hkv, capacity, D). Layers write slot `position` in place (index_copy_ at a tensor position) and attend
+    over the whole buffer, the slots not written yet and each row's padding masked: nothing in the graph depends
+    on a Python int that changes between steps, so one graph serves every position (gpt-fast's recipe).
+    `length` is 0 for the same reason: the position lives in the tensor, not in the trace.
+    Introduced in notebooks/08_benchmarks.ipynb.
     """
-    slots = torch.arange(keys[0].size(2), device=next_ids.device)  # (capacity,)
-    visible = (slots[None, :] <= position) & (slots[None, :] >= pad[:, None])  # (B, capacity)
-    mask = visible[:, None, None, :]  # (B, 1, T=1, capacity)
-    pos = (position[None, :] - pad[:, None]).clamp(min=0)  # (B, 1): as padded_position_ids
-    x = model.token_embedding(next_ids) + model.position_embedding(pos)  # (B, 1, C)
-    for block, k_buf, v_buf in zip(model.blocks, keys, values):
-        attn = block.attn
-        q, k, v = attn.split_heads(block.ln_1(x))  # (B, H, 1, D), (B, Hkv, 1, D)
-        k_buf.index_copy_(2, position, k)  # in place, at a tensor position: the same graph for every step
-        v_buf.index_copy_(2, position, v)
-        x = x + attn.merge_heads(attend(q, k_buf, v_buf, mask, attn.impl))  # TransformerBlock's two residuals
-        x = x + block.ffn(block.ln_2(x))  # (B, 1, C)
-    return model._logits(x, last_only=True)  # (B, V)
+
+    length = 0
+
+    def __init__(self, position: torch.Tensor, pad: torch.Tensor, keys: list, values: list) -> None:
+        self.position, self.pad, self.capacity = position, pad, keys[0].size(2)
+        self.layers = [StaticStepLayer(position, k, v) for k, v in zip(keys, values)]
+
+    def get(self, layer_idx: int) -> "StaticStepLayer":
+        return self.layers[layer_idx]
+
+    def check_call(self, model, b: int, t: int) -> None:
+        """Nothing to check inside the graph: CompiledDecoder.step checked the cache on the host first."""
+
+    def context_end(self, t: int) -> int:
+        return self.capacity  # checked on the host before the graph runs
+
+    def position_ids(self, t: int, device=None) -> torch.Tensor:
+        return padded_position_ids(self.pad, self.position, t)  # (B, 1): kvgpt/batching.py's ragged math
+
+    def attention_mask(self, t: int, device=None) -> torch.Tensor:
+        return padded_attention_mask(self.pad, self.position, t, self.capacity)  # (B, 1, 1, capacity)
+
+
+class StaticStepLayer(KVCache):
+    """One layer of a StaticStepView: the new key/value go to slot `position` of the full-capacity buffers."""
+
+    def __init__(self, position: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor) -> None:
+        self.position, self.k_buf, self.v_buf = position, k_buf, v_buf
+
+    def attend(self, q, k_new, v_new, mask, impl="sdpa"):
+        self.k_buf.index_copy_(2, self.position, k_new)  # in place, at a tensor position: one graph for every step
+        self.v_buf.index_copy_(2, self.position, v_new)
+        return attend(q, self.k_buf, self.v_buf, mask, impl)  # (B, H, 1, D) over all capacity slots, masked
+
+
+def compiled_step(model, next_ids, position, pad, keys, values):
+    """One decode step as pure tensor code: the model's own forward (`_run`) over a StaticStepView.
+
+    Shapes: next_ids (B, 1), position (1,) long, pad (B,), keys/values L buffers (B, Hkv, capacity, D) -> (B, V).
+    Introduced in notebooks/08_benchmarks.ipynb.
+    """
+    return model._run(next_ids, StaticStepView(position, pad, keys, values), 0, last_only=True)
 
 
 BACKENDS = ("inductor", "eager", "aot")
 
 
 class _Step(nn.Module):
-    """decode_graph as a module, the form torch.export takes (the model's weights become its constants)."""
+    """compiled_step as a module, the form torch.export takes (the model's weights become its constants)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, next_ids, position, pad, keys, values):
-        return decode_graph(self.model, next_ids, position, pad, keys, values)
+        return compiled_step(self.model, next_ids, position, pad, keys, values)
 
 
 class CompiledDecoder:
@@ -137,8 +172,8 @@ class CompiledDecoder:
     def _compile(self, key: tuple, args: tuple):
         if self.backend == "aot":
             graph = self._compile_aot(args)
-        else:  # a copy of decode_graph's code object: dynamo keeps its compiled graphs per code object
-            fresh = types.FunctionType(decode_graph.__code__.replace(), decode_graph.__globals__, "decode_graph")
+        else:  # a copy of compiled_step's code object: dynamo keeps its compiled graphs per code object
+            fresh = types.FunctionType(compiled_step.__code__.replace(), compiled_step.__globals__, "compiled_step")
             graph = torch.compile(fresh, backend=self.backend, mode=self.mode, fullgraph=True, dynamic=False)
         self._graphs[key] = graph
         return graph

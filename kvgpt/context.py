@@ -14,7 +14,7 @@ from numbers import Integral
 
 import torch
 
-from .kv_cache import KVCacheManager
+from .cache_manager import KVCacheManager
 
 POLICIES = ("refuse", "slide")
 

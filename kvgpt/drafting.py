@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .kv_cache import KVCacheManager
+from .cache_manager import KVCacheManager
 
 
 class DraftModel:

@@ -14,7 +14,7 @@ import torch
 from .batching import check_token_ids, pad_prompts, prompt_rows
 from .compiled import CompiledDecoder, graph_capacity
 from .context import check_context_length, check_context_policy, sliding_forward
-from .kv_cache import CACHE_KINDS, KVCacheManager
+from .cache_manager import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
 from .validation import check_int, fail_type

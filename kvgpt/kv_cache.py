@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .attention import CausalSelfAttention, attend, causal_mask
-from .batching import padded_attention_mask, padded_position_ids, pad_lengths_from_mask
-from .config import ModelConfig
-from .validation import (check_choice, check_config, check_device, check_dtype, check_int, check_kv_append,
-                         check_positive_int, same_device)
-
-
-CACHE_KINDS = ("static", "dynamic", "int8")  # int8: kvgpt/quantized_cache.py
+from .attention import CausalSelfAttention, attend
+from .validation import check_device, check_dtype, check_kv_append, check_positive_int, same_device
 
 
 def check_crop_length(length, current: int) -> None:
@@ -47,6 +41,18 @@ class KVCache:
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store T new positions; return every key and value so far. (B, H, T, D) -> (B, H, S, D)."""
         raise NotImplementedError
+
+    def attend(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, mask: torch.Tensor | None,
+               impl: str = "sdpa") -> torch.Tensor:
+        """Store the new keys/values, then attend q over every key so far. -> (B, H, T, D).
+
+        Shapes: q (B, H, T, D), k_new and v_new (B, Hkv, T, D), mask as the call's CacheView built it (None: every
+        key for one query, the plain triangle for a prompt into an empty cache). The one place a layer's cache
+        meets attention: a cache that reads its keys where they sit (the paged pool) overrides it.
+        Introduced in notebooks/04_kv_cache.ipynb.
+        """
+        k_all, v_all = self.append(k_new, v_new)  # (B, Hkv, S, D)
+        return attend(q, k_all, v_all, mask, impl, causal=mask is None and q.size(-2) > 1)
 
     def reset(self) -> None:
         """Forget every position (a static cache keeps its buffers for the next sequence)."""
@@ -182,125 +188,13 @@ class StaticKVCache(KVCache):
     nbytes = property(lambda self: 0 if self._k is None else 2 * self._k.nelement() * self._k.element_size())
 
 
-class KVCacheManager:
-    """One cache per layer, plus the left-padding of each row of a batch.
-
-    Shapes: pad_lengths (B,) — how many leading slots of each row are padding (None: no padding).
-    Positions are slots: slot s of row b holds the token at position s - pad_lengths[b].
-
-    Introduced in notebooks/04_kv_cache.ipynb.
-    """
-
-    def __init__(self, config: ModelConfig, batch_size: int, kind: str = "static",
-                 capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> None:
-        check_config("config", config)
-        kind = check_choice("kind", kind, CACHE_KINDS)
-        batch_size = check_positive_int("batch_size", batch_size)
-        capacity = config.block_size if capacity is None else check_int("capacity", capacity, 1, config.block_size)
-        device, dtype = check_device("device", device, allow_meta=True), check_dtype("dtype", dtype)
-        self.config, self.batch_size, self.kind, self.capacity = config, batch_size, kind, capacity
-        sizes = (batch_size, config.kv_heads, config.head_dim, capacity)  # only K/V heads are stored
-        if kind == "int8":  # its own module (notebooks/12_smaller_caches.ipynb); imported here to avoid a cycle
-            from .quantized_cache import Int8KVCache as static_kind
-        else:
-            static_kind = StaticKVCache
-        self.layer_caches: list[KVCache] = [  # static buffers are (B, Hkv, capacity, D); every kind takes capacity
-            DynamicKVCache(capacity, device=device, dtype=dtype) if kind == "dynamic" else
-            static_kind(*sizes, device=device, dtype=dtype)
-            for _ in range(config.n_layers)
-        ]
-        self.pad_lengths: torch.Tensor | None = None
-        self._slots: torch.Tensor | None = None  # 0 .. block_size - 1, made on first use
-
-    def get(self, layer_idx: int) -> KVCache:
-        """The cache of layer `layer_idx`; each layer must use only its own."""
-        if type(layer_idx) is not int or not 0 <= layer_idx < len(self.layer_caches):  # -1 would be the last
-            check_int("layer_idx", layer_idx, 0, len(self.layer_caches) - 1)
-        return self.layer_caches[layer_idx]
-
-    def reset_all(self) -> None:
-        """Empty every layer and forget the padding, ready for a new batch of sequences."""
-        for cache in self.layer_caches:
-            cache.reset()
-        self.pad_lengths = None
-
-    def crop(self, length: int) -> None:
-        """Roll every layer back to its first `length` slots; the padding of each row is kept.
-
-        Checked once before any layer changes, so a refused crop leaves every layer as it was.
-        Introduced in notebooks/13_speculative_decoding.ipynb.
-        """
-        check_crop_length(length, self.length)
-        for cache in self.layer_caches:
-            cache.crop(length)
-
-    @property
-    def length(self) -> int:
-        """Slots filled so far (the same in every layer after a complete model call)."""
-        return self.layer_caches[0].length
-
-    def check_call(self, model, b: int, t: int) -> None:
-        """Raise ValueError unless this manager was built for `model` (layers, heads, dims, dtype, device) and
-        a call of b rows and t new tokens fits: what the model asks before anything is written."""
-        end, c, m = self.length + t, self.config, model.config
-        model._check_context(end)
-        built = (c.n_layers, c.n_heads, c.head_dim, c.kv_heads, len(self.layer_caches))
-        if built != (m.n_layers, m.n_heads, m.head_dim, m.kv_heads, m.n_layers):
-            raise ValueError(f"cache was built for (n_layers, n_heads, head_dim, n_kv_heads) = {built[:4]} but the "
-                             f"model has {(m.n_layers, m.n_heads, m.head_dim, m.kv_heads)}")
-        if self.batch_size != b:
-            raise ValueError(f"token_ids has batch {b} but the cache was built for batch_size={self.batch_size}")
-        if end > self.capacity:
-            raise ValueError(f"KV cache overflow: writing positions {self.length}..{end - 1} "
-                             f"but capacity={self.capacity} (positions 0..{self.capacity - 1})")
-        stored, weight = getattr(self.layer_caches[0], "_k", None), model.token_embedding.embedding.weight
-        if stored is not None and (stored.dtype, stored.device) != (weight.dtype, weight.device):
-            raise ValueError(f"cache holds {stored.dtype} on {stored.device} but the model computes "
-                             f"{weight.dtype} on {weight.device}")
-
-    def context_end(self, t: int) -> int:
-        """The last position + 1 that t new tokens per row reach: what the model checks against block_size.
-
-        One length for every row here; a paged batch (kvgpt/serving/paged.py) has one per row and reports the
-        largest. Introduced in notebooks/10_paged_attention.ipynb.
-        """
-        return self.length + t
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by all layers: 2 * L * B * Hkv * S * D * element size (S = capacity if static)."""
-        return sum(cache.nbytes for cache in self.layer_caches)
-
-    def set_padding(self, attention_mask: torch.Tensor) -> None:
-        """Record left padding from the (B, T) 0/1 mask of a prompt's first chunk (0 = pad)."""
-        if self.length:
-            raise ValueError(f"set_padding: the cache already holds {self.length} slots; padding is set before "
-                             "the first chunk of a prompt (reset_all() starts a new batch)")
-        self.pad_lengths = pad_lengths_from_mask(attention_mask, self.batch_size)  # (B,)
-
-    def position_ids(self, t: int, device=None) -> torch.Tensor:
-        """Positions of the next t slots: (T,) without padding, (B, T) with it."""
-        if self.pad_lengths is None:  # a view into one arange made once: this runs at every decode step
-            if self._slots is None:  # up to block_size, not capacity: an overflow must reach the cache's error
-                self._slots = torch.arange(self.config.block_size, device=device)
-            return self._slots[self.length : self.length + t]  # (T,)
-        return padded_position_ids(self.pad_lengths, self.length, t)  # (B, T)
-
-    def attention_mask(self, t: int, device=None) -> torch.Tensor | None:
-        """Mask for the next t queries: None without padding (layers apply the causal mask), else (B, 1, T, S)."""
-        return None if self.pad_lengths is None else padded_attention_mask(self.pad_lengths, self.length, t)
-
-    def __repr__(self) -> str:
-        return (f"KVCacheManager(kind={self.kind!r}, layers={len(self.layer_caches)}, batch_size={self.batch_size}, "
-                f"length={self.length}, capacity={self.capacity}, nbytes={self.nbytes})")
-
-
 class CachedCausalSelfAttention(CausalSelfAttention):
     """Self-attention that projects only the new tokens and reads the past from this layer's cache.
 
     Shapes: x (B, T, C) with T = 1 per decode step (T = prompt length at prefill) -> (B, T, C);
     the new keys and values (B, H, T, D) join the cache, queries attend over S = past + T.
-    Without a cache it is exactly CausalSelfAttention (same weights).
+    Without a cache it is exactly CausalSelfAttention (same weights). The mask is the call's, built once by
+    its CacheView (kvgpt/cache_manager.py).
 
     Introduced in notebooks/04_kv_cache.ipynb.
     """
@@ -311,10 +205,5 @@ class CachedCausalSelfAttention(CausalSelfAttention):
         if kv_cache.length != position:  # a cache shared between layers, or a skipped/repeated step
             raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
                              "each layer must write at its own cache's length")
-        t = x.size(1)
-        q, k, v = self.split_heads(x)  # (B, H, T, D)
-        k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
-        causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
-        if mask is None and t > 1 and not causal:  # a later chunk: built for this call (a step needs none)
-            mask = causal_mask(t, position + t, x.device)  # (T, S)
-        return self.merge_heads(attend(q, k_all, v_all, mask, self.impl, causal))  # (B, T, C)
+        q, k, v = self.split_heads(x)  # (B, H, T, D), (B, Hkv, T, D): only the new tokens are projected
+        return self.merge_heads(kv_cache.attend(q, k, v, mask, self.impl))  # (B, T, C), over S = position + T

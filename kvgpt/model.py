@@ -12,7 +12,8 @@ from torch import nn
 from .config import ModelConfig
 from .linear import Linear
 from .embeddings import PositionalEmbedding, TokenEmbedding
-from .kv_cache import CachedCausalSelfAttention, KVCache, KVCacheManager
+from .cache_manager import CacheView, KVCacheManager, NoCache
+from .kv_cache import CachedCausalSelfAttention, KVCache
 from .validation import check_bool, check_config, check_int, check_mask, check_token_ids, fail_type
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
@@ -118,18 +119,16 @@ class MiniGPTInferenceModel(nn.Module):
             raise ValueError(f"{name} is on {token_ids.device} but the model is on {weight.device}")
 
     def _check_cache(self, cache, b: int, t: int) -> None:
-        """Before anything is written: the cache says whether it fits this model and a (b, t) call.
+        """Before anything is written: the cache says whether this (b, t) call fits the context and the cache.
 
-        One contract for every cache manager (KVCacheManager, the paged batch of kvgpt/serving): `check_call`.
+        One contract for every cache (KVCacheManager, NoCache, the paged batch of kvgpt/serving): CacheView.
         """
-        check = getattr(cache, "check_call", None)
-        if not callable(check):
+        if not isinstance(cache, CacheView):
             fail_type("cache", cache, "a KVCacheManager (or None in prefill)")
-        check(self, b, t)
-
-    def _check_context(self, end: int) -> None:
+        end = cache.context_end(t)  # past + t when every row has the same length
         if end > self.config.block_size:
             raise ValueError(f"{end} positions exceed the model's context block_size={self.config.block_size}")
+        cache.check_call(self, b, t)
 
     def _logits(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
         if last_only:
@@ -159,12 +158,9 @@ class MiniGPTInferenceModel(nn.Module):
         self._check_ids(token_ids, "token_ids")
         check_bool("last_only", last_only)
         b, t = token_ids.shape
-        if cache is None:  # a throw-away cache-less run: positions and mask as for an empty cache
-            cache = _NoCache(self.config, b)
-        else:  # every check before set_padding: a refused call must not leave padding behind
-            self._check_cache(cache, b, t)
+        cache = NoCache(self.config, b) if cache is None else cache  # a full forward: stores nothing
+        self._check_cache(cache, b, t)  # every check before set_padding: a refused call leaves no padding behind
         past = cache.length
-        self._check_context(cache.context_end(t))  # past + t when every row has the same length
         if attention_mask is not None:
             if past:
                 raise ValueError("attention_mask (padding) is only accepted for the first chunk of a prompt")
@@ -198,29 +194,19 @@ class MiniGPTInferenceModel(nn.Module):
         if next_ids.size(0) != cache.batch_size:
             raise ValueError(f"next_ids has batch {next_ids.size(0)} but the cache has batch_size={cache.batch_size}")
         self._check_ids(next_ids, "next_ids")
-        self._check_context(position + 1)
         self._check_cache(cache, cache.batch_size, 1)
         return next_ids
 
-    def _run(self, token_ids: torch.Tensor, cache, past: int, last_only: bool) -> torch.Tensor:
+    def _run(self, token_ids: torch.Tensor, cache: CacheView, past: int, last_only: bool) -> torch.Tensor:
+        """The one forward every path runs (full, prefill, step, paged, compiled): no checks, no host syncs.
+
+        Shapes: token_ids (B, T) -> logits (B, T, V), or (B, V) if last_only. `cache` answers the call's
+        positions and mask once; each layer reads and writes only its own cache.
+        """
         t, device = token_ids.size(1), token_ids.device
         pos = cache.position_ids(t, device)  # (T,) or (B, T)
-        mask = cache.attention_mask(t, device)  # None or (B, 1, T, S)
+        mask = cache.attention_mask(t, device)  # None, (T, S) or (B, 1, T, S): built once for every layer
         x = self.token_embedding(token_ids) + self.position_embedding(pos)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache.get(i), past, mask)  # layer i reads and writes only cache i
         return self._logits(x, last_only)
-
-
-class _NoCache(KVCacheManager):
-    """Stand-in for a full forward: positions and padding like an empty cache, stores nothing."""
-
-    def __init__(self, config: ModelConfig, batch_size: int):
-        self.config, self.batch_size, self.kind, self.pad_lengths = config, batch_size, "none", None
-        self._slots = None
-        self.layer_caches = []
-
-    length = 0
-
-    def get(self, layer_idx):
-        return None

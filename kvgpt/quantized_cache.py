@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from .cache_manager import CACHE_KINDS, KVCacheManager
 from .config import ModelConfig
-from .kv_cache import KVCache, KVCacheManager
+from .kv_cache import KVCache
+from .validation import check_choice
 
 QMAX = 127  # symmetric int8: -127 .. 127 (dropping -128 keeps the grid symmetric around 0)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def check_dtype(dtype) -> None:
-    """ValueError unless `dtype` is a floating type the int8 cache dequantizes to."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype={dtype}: the int8 KV cache quantizes {', '.join(map(str, SUPPORTED_DTYPES))} only")
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +52,7 @@ class Int8KVCache(KVCache):
         if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= capacity:
             raise ValueError(f"window={window!r}: must be an int in 0..capacity={capacity}")
         if dtype is not None:
-            check_dtype(dtype)
+            check_choice("dtype", dtype, SUPPORTED_DTYPES, "what the int8 KV cache quantizes")
         self.shape = (batch_size, n_heads, capacity, head_dim)  # (B, H, capacity, D)
         self.capacity, self.window, self.length, self.dtype = capacity, window, 0, dtype
         self._q = None  # [keys, values] int8 (B, H, capacity, D); scales (B, H, capacity); exact window ring
@@ -76,7 +72,7 @@ class Int8KVCache(KVCache):
             raise ValueError(f"KV cache overflow: writing positions {start}..{end - 1} "
                              f"but capacity={self.capacity} (positions 0..{self.capacity - 1})")
         if self._q is None:
-            check_dtype(k_new.dtype)
+            check_choice("dtype", k_new.dtype, SUPPORTED_DTYPES, "what the int8 KV cache quantizes")
             self._allocate(k_new.device, k_new.dtype)
         b, h, _, d = self.shape
         if k_new.shape != (b, h, end - start, d) or k_new.dtype != self.dtype:
@@ -134,3 +130,6 @@ def int8_cache(config: ModelConfig, batch_size: int, capacity: int | None = None
     manager.layer_caches = [Int8KVCache(batch_size, config.kv_heads, config.head_dim, manager.capacity,
                                         device, dtype, window) for _ in range(config.n_layers)]
     return manager
+
+
+CACHE_KINDS["int8"] = Int8KVCache  # KVCacheManager(kind="int8"): the same factory signature as the static kind

@@ -17,7 +17,7 @@ import torch
 
 from .batching import check_token_ids, prompt_rows
 from .drafting import as_draft_source
-from .kv_cache import KVCacheManager
+from .cache_manager import KVCacheManager
 from .sampling import Sampler, greedy, row_generators
 
 

@@ -85,10 +85,10 @@ def check_seed(name: str, seed) -> int | None:
     return None if seed is None else check_int(name, seed, *SEED_RANGE)
 
 
-def check_choice(name: str, value, choices: tuple):
-    """One of `choices` (compared with ==; the type must match too, so 1 is not True)."""
+def check_choice(name: str, value, choices: tuple, why: str = ""):
+    """One of `choices` (compared with ==; the type must match too, so 1 is not True); `why` ends the message."""
     if not any(type(value) is type(c) and value == c for c in choices):
-        fail_value(name, value, f"one of {choices}")
+        fail_value(name, value, f"one of {choices}" + (f" ({why})" if why else ""))
     return value
 
 

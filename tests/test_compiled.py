@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvgpt import AutoregressiveGenerator, KVCacheManager, Sampler, load_pretrained
-from kvgpt.compiled import CompiledDecoder, decode_graph, graph_capacity
+from kvgpt.compiled import CompiledDecoder, compiled_step, graph_capacity
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def test_the_step_is_one_graph_with_no_break():
     with torch.inference_mode():
         model.prefill(torch.randint(0, 67, (2, 5)), cache)
         layers = cache.layer_caches
-        explained = torch._dynamo.explain(decode_graph)(model, torch.zeros(2, 1, dtype=torch.long),
+        explained = torch._dynamo.explain(compiled_step)(model, torch.zeros(2, 1, dtype=torch.long),
                                                           torch.tensor([5]), torch.zeros(2, dtype=torch.long),
                                                           [c._k for c in layers], [c._v for c in layers])
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)

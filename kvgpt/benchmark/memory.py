@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import torch
 
-from ..kv_cache import KVCacheManager
+from ..cache_manager import KVCacheManager
 from .engines import random_prompts
 
 

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..kv_cache import KVCacheManager
+from ..cache_manager import KVCacheManager
 from .memory import measured_kv_bytes
 from .workload import Request
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..generation import AutoregressiveGenerator
-from ..kv_cache import KVCacheManager
+from ..cache_manager import KVCacheManager
 from ..plots.speculative import break_even_alpha, expected_tokens_per_pass
 from ..speculative import SpeculativeGenerator
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from ..batching import padded_attention_mask, padded_position_ids
 from ..config import ModelConfig
-from ..kv_cache import check_crop_length
+from ..kv_cache import KVCache, check_crop_length
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
 
 
@@ -189,9 +190,10 @@ class PagedBatch:
         width = max(len(cache.tables[s]) for s in seq_ids)
         tables = torch.tensor([cache.tables[s] + [0] * (width - len(cache.tables[s])) for s in seq_ids],
                               device=device)  # (B, blocks)
-        j = torch.arange(self.t, device=device)
-        self._pos = (past[:, None] - (self.t - new)[:, None] + j).clamp(min=0)  # (B, T)
-        real = j[None, :] >= (self.t - new)[:, None]  # (B, T): not padding
+        starts = past - (self.t - new)  # (B,): the slot of each row's first query (below 0: left padding)
+        self._starts, self._none = starts, torch.zeros_like(past)  # positions = slots here: no padding slots
+        self._pos = padded_position_ids(self._none, starts, self.t)  # (B, T), padding queries clamped to 0
+        real = torch.arange(self.t, device=device)[None, :] >= (self.t - new)[:, None]  # (B, T): not padding
         key_pos = torch.minimum(torch.arange(self.s, device=device), ends[:, None] - 1)  # (B, S)
 
         def slot(pos):  # position -> flat slot id through the row's block table
@@ -228,11 +230,12 @@ class PagedBatch:
 
     def attention_mask(self, t: int, device=None) -> torch.Tensor:
         """(B, 1, T, S) bool: query j of row b sees key positions 0 .. its own position."""
-        return (torch.arange(self.s, device=self._pos.device) <= self._pos[:, :, None]).unsqueeze(1)
+        return padded_attention_mask(self._none, self._starts, self.t, self.s)  # kvgpt/batching.py's ragged math
 
 
-class PagedLayer:
-    """One layer's view of a PagedBatch: `append` writes the real new keys/values and gathers every visible one.
+class PagedLayer(KVCache):
+    """One layer's view of a PagedBatch: `append` writes the real new keys/values and gathers every visible one
+    (KVCache.attend then attends over them).
 
     Introduced in notebooks/10_paged_attention.ipynb.
     """
