@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, check_config
 from .linear import Linear
-from .validation import check_config
 
 # SDPA repeats K/V heads for grouped-query attention itself from torch 2.5 on; older torch gets them repeated here
 SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)

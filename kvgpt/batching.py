@@ -10,7 +10,7 @@ from numbers import Integral
 
 import torch
 
-from .validation import ID_DTYPES, ArgumentTypeError, check_tensor, fail_type, show
+from .validation import ID_DTYPES, ArgumentTypeError, check_id_list, check_tensor, fail_type, show
 
 
 def pad_lengths_from_mask(attention_mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -110,7 +110,7 @@ def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
         fail_type("prompt", prompt, "a list of token ids, a tensor, or a list of prompts (text: tokenizer.encode)")
     elif prompt and all(isinstance(p, (list, tuple)) or isinstance(p, torch.Tensor) and p.dim() for p in prompt):
         rows, batched = [_ids(p) for p in prompt], True
-    else:  # one prompt: a 0-d tensor in it is not read as a row (check_token_ids refuses it: ids are ints)
+    else:  # one prompt: a 0-d tensor in it is not read as a row (check_id_list refuses it: ids are ints)
         rows, batched = [_ids(prompt)], False
     if not rows:
         raise ValueError(f"prompt={show(prompt)} holds no rows: a batch needs at least one prompt")
@@ -118,7 +118,7 @@ def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
         name = f"prompt[{b}]" if batched else "prompt"
         if not isinstance(row, list) or not row:
             raise ValueError(f"{name}={row!r} is empty or not a list: generation needs at least one token (e.g. BOS)")
-        check_token_ids(name, row, vocab_size)
+        check_id_list(name, row, vocab_size)
     return rows, batched
 
 
@@ -129,10 +129,3 @@ def _ids(row) -> list:
             raise ArgumentTypeError(f"a prompt tensor {tuple(row.shape)} {row.dtype}: must be (T,) int32 or int64 ids")
         return row.tolist()
     return list(row)
-
-
-def check_token_ids(name: str, ids: list, vocab_size: int) -> None:
-    """Raise ValueError naming `name` unless every id is an int in 0 .. vocab_size - 1."""
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, Integral) or not 0 <= i < vocab_size:
-            raise ValueError(f"{name} contains {i!r}; allowed token ids are ints in 0..{vocab_size - 1}")

@@ -14,9 +14,9 @@ import torch
 
 from .attention import causal_mask
 from .batching import pad_lengths_from_mask, padded_attention_mask, padded_position_ids
-from .config import ModelConfig
+from .config import ModelConfig, check_config
 from .kv_cache import DynamicKVCache, KVCache, StaticKVCache, check_crop_length
-from .validation import check_choice, check_config, check_device, check_dtype, check_int, check_positive_int
+from .validation import check_choice, check_device, check_dtype, check_int, check_positive_int
 
 # kind -> factory(batch_size, kv_heads, head_dim, capacity, device, dtype) of one layer's cache. The one table of
 # cache kinds: "int8" joins it from kvgpt/quantized_cache.py (imported by kvgpt/__init__), which builds on this module.

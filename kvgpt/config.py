@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .validation import check_positive_int, fail_type
+from .validation import check_choice, check_instance, check_int, check_positive_int, fail_type
 
 ATTN_IMPLS = ("sdpa", "manual")
 
@@ -53,13 +53,13 @@ class ModelConfig:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) or not 0 <= d < 1:
             raise ValueError(f"dropout={d!r}: must be a number in [0, 1)")
         kv = self.n_kv_heads
-        if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0):
-            raise ValueError(f"n_kv_heads={kv!r}: must be None (= n_heads) or a positive int")
+        if kv is not None:
+            kv = check_int("n_kv_heads", kv, 1, allowed="None (= n_heads) or a positive int")
+            object.__setattr__(self, "n_kv_heads", kv)
         if kv is not None and self.n_heads % kv:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}: "
                              "each K/V head serves a whole group of n_heads // n_kv_heads query heads")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={self.attn_impl!r}: must be one of {ATTN_IMPLS}")
+        check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
 
     @property
     def head_dim(self) -> int:
@@ -83,3 +83,11 @@ class ModelConfig:
             fail_type("d", d, "a dict of ModelConfig fields")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_config(name: str, config) -> ModelConfig:
+    """A kvgpt ModelConfig (a dict or another library's config is refused by name, not as an AttributeError).
+
+    validation.check_instance bound to this class: it lives here so validation.py never imports config.py.
+    """
+    return check_instance(name, config, ModelConfig, "a kvgpt.ModelConfig (ModelConfig.from_dict builds one from a dict)")

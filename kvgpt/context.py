@@ -49,32 +49,36 @@ def check_context_length(window, prompt_length: int, max_new_tokens: int, block_
         raise ValueError(f"prompt length {prompt_length} exceeds the model's context block_size={block_size}")
 
 
-def sliding_forward(model, job, window: int, step=None):
-    """-> forward(next_ids): logits (B, V) of the last position, sliding the window when the context is full.
+class SlidingWindow:
+    """Feeds the model past its context: when a new token finds no position left, keep the last `window` tokens.
 
-    The first call (None) runs the prompt. With job.use_cache it decodes from a KV cache and re-prefills
-    the last `window` tokens when a token arrives at a full cache; without, it recomputes the window every
-    step (the baseline, same tokens). Each slide adds 1 to job.slides.
-    Shapes: the window's ids and 0/1 mask are (B, S), S <= block_size; rows stay left-padded.
+    prompt() runs the prompt; token(next_ids) appends one token per row. With job.use_cache it decodes from a KV
+    cache and, when the cache is full, empties it and re-prefills the window at positions 0 .. W - 1; without,
+    it recomputes the window every step (the baseline, same tokens). Each slide adds 1 to job.slides.
+    Shapes: the window's ids and 0/1 mask are (B, S), S <= block_size; rows stay left-padded; logits (B, V).
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
-    block, step = model.config.block_size, step or model.forward_step
-    cache = KVCacheManager(model.config, job.ids.size(0), job.cache_kind) if job.use_cache else None
-    seq = [job.ids, job.mask]  # the visible window: ids (B, S), mask (B, S) or None (no padding)
 
-    def forward(next_ids):
-        if next_ids is None:
-            return model.prefill(seq[0], cache, seq[1], last_only=True)
-        seq[0] = torch.cat([seq[0], next_ids[:, None]], dim=1)
-        seq[1] = None if seq[1] is None else torch.cat([seq[1], seq[1][:, -1:]], dim=1)
-        if seq[0].size(1) > block:  # the new token has no position left: slide
-            seq[0], job.slides = seq[0][:, -window:], job.slides + 1
-            seq[1] = None if seq[1] is None or bool(seq[1][:, -window:].all()) else seq[1][:, -window:]
-            if cache is not None:
-                cache.reset_all()  # a static cache keeps its buffers: the re-prefill writes in place
-                return model.prefill(seq[0], cache, seq[1], last_only=True)  # positions 0 .. W - 1
-        if cache is None:
-            return model(seq[0], attention_mask=seq[1], last_only=True)
-        return step(next_ids, cache.length, cache)
+    def __init__(self, model, job, window: int, step=None) -> None:
+        self.model, self.job, self.window, self.step = model, job, window, step or model.forward_step
+        self.cache = KVCacheManager(model.config, job.ids.size(0), job.cache_kind) if job.use_cache else None
+        self.ids, self.mask = job.ids, job.mask  # the visible window: (B, S) ids, (B, S) mask or None (no padding)
 
-    return forward
+    def prompt(self) -> torch.Tensor:
+        if self.cache is None:
+            return self.model(self.ids, attention_mask=self.mask, last_only=True)
+        return self.model.prefill(self.ids, self.cache, self.mask, last_only=True)
+
+    def token(self, next_ids: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, next_ids[:, None]], dim=1)
+        self.mask = None if self.mask is None else torch.cat([self.mask, self.mask[:, -1:]], dim=1)
+        if self.ids.size(1) > self.model.config.block_size:  # the new token has no position left: slide
+            self.ids, self.job.slides = self.ids[:, -self.window:], self.job.slides + 1
+            keep = None if self.mask is None else self.mask[:, -self.window:]
+            self.mask = None if keep is None or bool(keep.all()) else keep
+            if self.cache is not None:
+                self.cache.reset_all()  # a static cache keeps its buffers: the re-prefill writes in place
+            return self.prompt()  # positions 0 .. W - 1
+        if self.cache is None:
+            return self.model(self.ids, attention_mask=self.mask, last_only=True)
+        return self.step(next_ids, self.cache.length, self.cache)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .pretrained import data_dir
+from .validation import check_positive_int
 
 HELDOUT_FILE = "heldout/shakespeare-char-val.json"
 
@@ -38,8 +39,7 @@ def cached_loss(model, ids: torch.Tensor, make_cache: Callable[[int], object] | 
 
     Introduced in notebooks/12_smaller_caches.ipynb.
     """
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0:
-        raise ValueError(f"chunk={chunk!r}: must be a positive int")
+    chunk = check_positive_int("chunk", chunk)
     x, y = ids[:, :-1], ids[:, 1:]  # (B, T)
     if make_cache is None:
         logits = model(x)  # (B, T, V)

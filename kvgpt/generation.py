@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .batching import check_token_ids, pad_prompts, prompt_rows
-from .compiled import CompiledDecoder, graph_capacity
-from .context import check_context_length, check_context_policy, sliding_forward
+from .batching import pad_prompts
 from .cache_manager import CACHE_KINDS, KVCacheManager
+from .compiled import CompiledDecoder, graph_capacity
+from .context import SlidingWindow, check_context_length, check_context_policy
 from .model import MiniGPTInferenceModel
-from .sampling import Sampler, greedy, seen_mask
-from .validation import check_int, fail_type
+from .requests import CheckedRequest, RowSampler, check_request
+from .sampling import Sampler
+from .validation import check_bool, check_choice, fail_type
 
 
 @dataclass
@@ -58,18 +59,54 @@ def _compile_backend(compile) -> str:
 
 @dataclass
 class _Job:
-    rows: list  # the prompts as lists of ints
-    batched: bool
+    """One generate()/stream() call: the checked request, the left-padded prompt batch, how to decode it."""
+
+    request: CheckedRequest
     ids: torch.Tensor  # (B, T) left-padded prompts
     mask: torch.Tensor | None  # (B, T) 0/1, None when no row is padded
-    max_new: int
-    sampler: Sampler | None
     use_cache: bool
     cache_kind: str
-    eos: torch.Tensor | None  # (E,) stop ids
-    pad_id: int
     paused: float = 0.0  # seconds a stream consumer held the generator
     slides: int = 0
+
+    rows = property(lambda self: self.request.rows)
+    batched = property(lambda self: self.request.batched)
+    max_new = property(lambda self: self.request.max_new_tokens)
+
+
+class CachedFeed:
+    """Feeds the model from a KV cache: the prompt once (prefill), then one token per row (a decode step).
+
+    Introduced in notebooks/05_decoding.ipynb.
+    """
+
+    def __init__(self, model, job: _Job, step, capacity: int) -> None:
+        self.model, self.job, self.step = model, job, step  # step: model.forward_step or the compiled one
+        self.cache = KVCacheManager(model.config, job.ids.size(0), job.cache_kind, capacity=capacity)
+
+    def prompt(self) -> torch.Tensor:
+        return self.model.prefill(self.job.ids, self.cache, self.job.mask, last_only=True)  # (B, V)
+
+    def token(self, next_ids: torch.Tensor) -> torch.Tensor:
+        return self.step(next_ids, self.cache.length, self.cache)  # (B, V): written at the next free slot
+
+
+class RecomputeFeed:
+    """The honest baseline (use_cache=False, as nanoGPT): the whole prefix again every step, LM head on the last.
+
+    Introduced in notebooks/05_decoding.ipynb.
+    """
+
+    def __init__(self, model, job: _Job) -> None:
+        self.model, self.ids, self.mask = model, job.ids, job.mask  # (B, S) ids and 0/1 mask, grown every step
+
+    def prompt(self) -> torch.Tensor:
+        return self.model(self.ids, attention_mask=self.mask, last_only=True)  # (B, V)
+
+    def token(self, next_ids: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, next_ids[:, None]], dim=1)  # (B, S + 1)
+        self.mask = None if self.mask is None else torch.cat([self.mask, self.mask[:, -1:]], dim=1)
+        return self.prompt()
 
 
 class AutoregressiveGenerator:
@@ -147,29 +184,34 @@ class AutoregressiveGenerator:
             run.close()
 
     def _run(self, job: _Job):
-        """The decode loop: yields (next ids (B,), raw logits (B, V), rows finished before this step or None)."""
-        b = job.ids.size(0)
-        steps, finish, active, done, next_ids = 0, [0] * b, [True] * b, None, None
+        """The decode loop, top to bottom: prefill the prompt once, then pick a token per row and feed it back.
+
+        Yields (next ids (B,), raw logits (B, V), rows finished before this step or None); fills last_stats.
+        """
+        req, b = job.request, job.ids.size(0)
+        history = job.ids if job.mask is None else job.ids.masked_fill(job.mask == 0, -1)  # -1: padding, not a token
+        picker = RowSampler(req.sampler, history, self.model.config.vocab_size, b, req.pad_id, req.eos)
+        steps, finish = 0, [0] * b  # finish[r]: the step at which row r emitted its EOS
         t_start = t_first = time.perf_counter()
         try:
             if job.max_new == 0:
                 return
-            forward, pick = self._forward(job), self._picker(job)
-            for _ in range(job.max_new):
-                with torch.inference_mode():  # entered per step, so a stream's consumer never runs inside it
-                    logits = forward(next_ids)  # (B, V): the prompt at the first step, then one token per row
-                    next_ids = pick(logits, active, done)  # (B,)
+            feed = self._feed(job)  # a KV cache (the default), the recompute baseline, or a sliding window
+            with torch.inference_mode():  # entered per call, so a stream's consumer never runs inside it
+                logits = feed.prompt()  # (B, V): the whole prompt in one pass
+            while True:
+                with torch.inference_mode():
+                    next_ids = picker.pick(logits)  # (B,): argmax or a draw; rows already finished get the pad
                 steps += 1
-                if steps == 1:
-                    t_first = time.perf_counter()
-                newly = self._finished(next_ids, job.eos, active) if job.eos is not None else ()
-                for r in newly:
-                    active[r], finish[r] = False, steps
-                yield next_ids, logits, done
-                if newly and not any(active):
+                t_first = t_first if steps > 1 else time.perf_counter()
+                done_before = picker.done
+                for r in picker.finish(next_ids):  # rows whose token is an EOS stop here
+                    finish[r] = steps
+                yield next_ids, logits, done_before
+                if steps == job.max_new or picker.all_finished:
                     return
-                if newly:
-                    done = torch.tensor([not a for a in active], device=next_ids.device)  # (B,)
+                with torch.inference_mode():
+                    logits = feed.token(next_ids)  # (B, V): one new token per row, from the cache
         finally:
             t_end = time.perf_counter()
             reasons = ["eos" if f else "max_new_tokens" if steps == job.max_new else "stopped" for f in finish]
@@ -178,82 +220,29 @@ class AutoregressiveGenerator:
                 [len(r) for r in job.rows], [f or steps for f in finish], reasons, job.use_cache, job.cache_kind,
                 job.slides)
 
-    def _forward(self, job: _Job):
-        """-> forward(next_ids): logits (B, V) of the last position. The first call (None) runs the prompt."""
-        model, (b, t0) = self.model, job.ids.shape
+    def _feed(self, job: _Job):
+        """How the model is fed: -> an object with prompt() and token(next_ids), each -> logits (B, V)."""
+        model = self.model
         step = model.forward_step if self.compiled is None else self.compiled.trusted_step  # (ids, position, cache)
         if self.window is not None:
-            return sliding_forward(model, job, self.window, step)
-        if job.use_cache:  # sized to exactly this generation; compiled: rounded up, one graph per capacity
-            capacity = t0 + job.max_new
-            if self.compiled is not None:
-                capacity = graph_capacity(capacity, model.config.block_size)
-            cache = KVCacheManager(model.config, b, job.cache_kind, capacity=capacity)
-
-            def cached(next_ids):
-                if next_ids is None:
-                    return model.prefill(job.ids, cache, job.mask, last_only=True)
-                return step(next_ids, cache.length, cache)  # the next free slot
-
-            return cached
-        seq = [job.ids, job.mask]  # (B, S) ids and 0/1 mask (None: no padding), grown every step
-
-        def uncached(next_ids):  # the baseline: the whole prefix again, LM head on the last position only
-            if next_ids is not None:
-                seq[0] = torch.cat([seq[0], next_ids[:, None]], dim=1)
-                seq[1] = None if seq[1] is None else torch.cat([seq[1], seq[1][:, -1:]], dim=1)
-            return model(seq[0], attention_mask=seq[1], last_only=True)
-
-        return uncached
-
-    def _picker(self, job: _Job):
-        """-> pick(logits, active, done): next ids (B,); finished rows get the pad token and no draw."""
-        sampler, b, v = job.sampler, job.ids.size(0), self.model.config.vocab_size
-        gens = sampler.generators(b) if sampler is not None and not sampler.is_greedy else None
-        seen = None  # (B, V) tokens each row has seen, prompt included, pads never: for the repetition penalty
-        if sampler is not None and sampler.knobs["repetition_penalty"] != 1.0:
-            prompt = job.ids if job.mask is None else job.ids.masked_fill(job.mask == 0, -1)  # -1: not a token
-            seen = seen_mask(prompt, v, b).to(job.ids.device)
-
-        def pick(logits, active, done):
-            ids = greedy(logits) if sampler is None else sampler.sample(logits, seen, gens, active)
-            if done is not None:  # finished rows: their logits are ignored, they are fed the pad token
-                ids = ids.masked_fill(done, job.pad_id)
-            if seen is not None:
-                seen.scatter_(1, ids[:, None], True)
-            return ids
-
-        return pick
-
-    @staticmethod
-    def _finished(next_ids: torch.Tensor, eos: torch.Tensor, active: list) -> list:
-        hit = torch.isin(next_ids, eos).tolist()  # one host sync per step, only when an EOS is set
-        return [r for r, (a, h) in enumerate(zip(active, hit)) if a and h]
+            return SlidingWindow(model, job, self.window, step)
+        if not job.use_cache:
+            return RecomputeFeed(model, job)
+        capacity = job.ids.size(1) + job.max_new  # sized to exactly this generation
+        if self.compiled is not None:  # compiled: rounded up, one graph per capacity
+            capacity = graph_capacity(capacity, model.config.block_size)
+        return CachedFeed(model, job, step, capacity)
 
     def _prepare(self, prompt, max_new_tokens, sampler, use_cache, cache_kind, eos_token_id, pad_token_id) -> _Job:
         cfg = self.model.config
-        rows, batched = prompt_rows(prompt, cfg.vocab_size)
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)  # a numpy int would wrap in the sums below
-        if not isinstance(use_cache, bool):
-            raise ValueError(f"use_cache={use_cache!r}: must be True (KV cache) or False (recompute every step)")
-        if cache_kind not in CACHE_KINDS:
-            raise ValueError(f"cache_kind={cache_kind!r}: must be one of {CACHE_KINDS}")
+        req = check_request(prompt, max_new_tokens, sampler, eos_token_id, cfg.vocab_size, pad_token_id)
+        check_bool("use_cache", use_cache)
+        check_choice("cache_kind", cache_kind, tuple(CACHE_KINDS))
         if self.compiled is not None and (not use_cache or cache_kind != "static"):
             raise ValueError(f"use_cache={use_cache}, cache_kind={cache_kind!r}: a generator built with compile=True "
                              "decodes from a static cache (use_cache=True, cache_kind='static')")
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
-        longest = max(len(r) for r in rows)
-        check_context_length(self.window, longest, max_new_tokens, cfg.block_size)
-        eos = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
-        eos = [] if eos_token_id is None else eos
-        check_token_ids("eos_token_id", eos, cfg.vocab_size)
-        pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
-        check_token_ids("pad_token_id", [pad], cfg.vocab_size)
-        device = next(self.model.parameters()).device
-        ids, mask = pad_prompts(rows, pad, device)  # (B, T), (B, T)
-        eos_t = torch.tensor(eos, device=device) if eos else None
-        padded = any(len(r) < longest for r in rows)
-        return _Job(rows, batched, ids, mask if padded else None, int(max_new_tokens), sampler, use_cache,
-                    cache_kind, eos_t, pad)
-
+        longest = max(len(r) for r in req.rows)
+        check_context_length(self.window, longest, req.max_new_tokens, cfg.block_size)
+        ids, mask = pad_prompts(req.rows, req.pad_id, next(self.model.parameters()).device)  # (B, T), (B, T)
+        padded = any(len(r) < longest for r in req.rows)
+        return _Job(req, ids, mask if padded else None, use_cache, cache_kind)

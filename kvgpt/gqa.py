@@ -13,12 +13,12 @@ import dataclasses
 import torch
 
 from .model import MiniGPTInferenceModel
+from .validation import check_positive_int
 
 
 def _check_heads(model: MiniGPTInferenceModel, n_kv_heads) -> None:
     h, kv = model.config.n_heads, model.config.kv_heads
-    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads <= 0:
-        raise ValueError(f"n_kv_heads={n_kv_heads!r}: must be a positive int")
+    check_positive_int("n_kv_heads", n_kv_heads)
     if h % n_kv_heads or kv % n_kv_heads:
         raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={h} and the model's K/V heads={kv}")
 

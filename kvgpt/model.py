@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, check_config
 from .linear import Linear
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .cache_manager import CacheView, KVCacheManager, NoCache
 from .kv_cache import CachedCausalSelfAttention, KVCache
-from .validation import check_bool, check_config, check_int, check_mask, check_token_ids, fail_type
+from .validation import check_bool, check_int, check_mask, check_token_ids, fail_type
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 

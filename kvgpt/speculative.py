@@ -15,10 +15,11 @@ from numbers import Integral
 
 import torch
 
-from .batching import check_token_ids, prompt_rows
-from .drafting import as_draft_source
 from .cache_manager import KVCacheManager
-from .sampling import Sampler, greedy, row_generators
+from .drafting import as_draft_source
+from .requests import CheckedRequest, RowSampler, check_request
+from .sampling import Sampler, greedy
+from .validation import check_choice, check_int
 
 
 def verify_drafts(p: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor,
@@ -113,39 +114,31 @@ class SpeculativeGenerator:
     def generate(self, prompt, max_new_tokens: int, k: int = 4, sampler: Sampler | None = None,
                  eos_token_id=None, cache_kind: str = "static") -> list:
         """Prompt followed by up to max_new_tokens new tokens (the EOS token included when it stops)."""
-        rows = self._check(prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind)
-        return rows + [t for chunk in self._rounds(rows, max_new_tokens, k, sampler, eos_token_id, cache_kind)
-                       for t in chunk]
+        req = self._check(prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind)
+        return req.rows[0] + [t for chunk in self._rounds(req, k, cache_kind) for t in chunk]
 
     def stream(self, prompt, max_new_tokens: int, k: int = 4, sampler: Sampler | None = None,
                eos_token_id=None, cache_kind: str = "static"):
         """Like generate, but yields each new token (ints) as soon as its round is verified."""
-        rows = self._check(prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind)
-        rounds = self._rounds(rows, max_new_tokens, k, sampler, eos_token_id, cache_kind)
+        rounds = self._rounds(self._check(prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind), k, cache_kind)
         return (t for chunk in rounds for t in chunk)
 
-    def _check(self, prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind) -> list:
+    def _check(self, prompt, max_new_tokens, k, sampler, eos_token_id, cache_kind) -> CheckedRequest:
+        """The generators' one request check, plus what speculation adds: one row, k, no repetition penalty."""
         cfg = self.target.config
-        rows, batched = prompt_rows(prompt, cfg.vocab_size)
-        if batched:
+        req = check_request(prompt, max_new_tokens, sampler, eos_token_id, cfg.vocab_size)
+        if req.batched:
             raise ValueError(f"prompt: speculative decoding here runs one sequence at a time; "
-                             f"got a batch of {len(rows)}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 0")
-        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k < cfg.block_size:
-            raise ValueError(f"k={k!r}: must be an int in 1..{cfg.block_size - 1} (draft tokens per round)")
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
+                             f"got a batch of {len(req.rows)}")
+        check_int("k", k, 1, cfg.block_size - 1, f"an int in 1..{cfg.block_size - 1} (draft tokens per round)")
         if sampler is not None and sampler.knobs["repetition_penalty"] != 1.0:
             raise ValueError("sampler: repetition_penalty must be 1 with speculative decoding (p would depend on "
                              "the drafts being verified)")
-        if cache_kind not in ("static", "dynamic"):
-            raise ValueError(f"cache_kind={cache_kind!r}: must be 'static' or 'dynamic'")
-        if len(rows[0]) + max_new_tokens > cfg.block_size:
-            raise ValueError(f"prompt length {len(rows[0])} + max_new_tokens={max_new_tokens} exceeds the target's "
-                             f"context block_size={cfg.block_size}")
-        check_token_ids("eos_token_id", [] if eos_token_id is None else [eos_token_id], cfg.vocab_size)
-        return rows[0]
+        check_choice("cache_kind", cache_kind, ("static", "dynamic"))
+        if len(req.rows[0]) + req.max_new_tokens > cfg.block_size:
+            raise ValueError(f"prompt length {len(req.rows[0])} + max_new_tokens={req.max_new_tokens} exceeds the "
+                             f"target's context block_size={cfg.block_size}")
+        return req
 
     def _chooser(self, sampler, gen):
         """-> choose(logits (V,)) -> (draft id, q (V,) or None): how the draft model picks its tokens."""
@@ -159,13 +152,14 @@ class SpeculativeGenerator:
             return int(torch.multinomial(q.cpu(), 1, generator=gen)), q
         return choose
 
-    def _rounds(self, tokens, max_new, k, sampler, eos, cache_kind):
+    def _rounds(self, req: CheckedRequest, k: int, cache_kind: str):
         """Yields each round's new tokens (accepted drafts + the target's token); fills last_stats."""
-        model, tokens = self.target, list(tokens)
+        model, tokens, sampler, max_new = self.target, list(req.rows[0]), req.sampler, req.max_new_tokens
         device = next(model.parameters()).device
         name = getattr(self.draft, "name", type(self.draft).__name__)
         stats = self.last_stats = SpeculativeStats(name, k, len(tokens))
-        gen = row_generators(None if sampler is None else sampler.seed, 1)[0]
+        picker = RowSampler(sampler, [tokens], model.config.vocab_size, 1)  # the row's own generator, as alone
+        gen = picker.generators[0] if picker.generators else None
         greedy_mode = sampler is None or sampler.is_greedy
         choose = self._chooser(sampler, gen)
         cache = KVCacheManager(model.config, 1, cache_kind)
@@ -187,8 +181,9 @@ class SpeculativeGenerator:
             cache.crop(cached)
             self.draft.rollback(cached)
             new = drafts[:n] + [int(nxt)]
-            if eos is not None and eos in new:
-                new, stats.stop_reason = new[: new.index(eos) + 1], "eos"
+            stop = next((i for i, t in enumerate(new) if t in req.eos), None)  # the first stop id ends it
+            if stop is not None:
+                new, stats.stop_reason = new[: stop + 1], "eos"
             stats.record({"drafts": drafts, "accepted": n, "target": int(nxt), "cache": (verified, cache.length)},
                          len(new), self.draft.passes, t0, t1, start)
             tokens += new

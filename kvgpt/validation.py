@@ -194,13 +194,19 @@ def check_dtype(name: str, dtype, floating: bool = True) -> torch.dtype | None:
     return resolved
 
 
-def check_config(name: str, config):
-    """A kvgpt ModelConfig (a dict or another library's config is refused by name, not as an AttributeError)."""
-    from .config import ModelConfig
+def check_instance(name: str, value, cls, allowed: str):
+    """An instance of `cls` (a class or a tuple of classes), refused by name rather than as a later AttributeError."""
+    if not isinstance(value, cls):
+        fail_type(name, value, allowed)
+    return value
 
-    if not isinstance(config, ModelConfig):
-        fail_type(name, config, "a kvgpt.ModelConfig (ModelConfig.from_dict builds one from a dict)")
-    return config
+
+def check_id_list(name: str, ids, vocab_size: int) -> list:
+    """A list of token ids, each an int (numpy ints too, never bool) in 0 .. vocab_size - 1 -> the list."""
+    for i in ids:
+        if not is_int(i) or not 0 <= i < vocab_size:
+            raise ValueError(f"{name} contains {i!r}; allowed token ids are ints in 0..{vocab_size - 1}")
+    return ids
 
 
 def check_path(name: str, value) -> str:

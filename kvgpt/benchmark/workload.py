@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from numbers import Integral
 
+from ..validation import check_positive_int
+
 
 @dataclass(frozen=True)
 class Request:
@@ -35,8 +37,7 @@ def ragged_workload(n_requests: int, vocab_size: int, block_size: int, prompt_le
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     for name, value in (("n_requests", n_requests), ("vocab_size", vocab_size), ("block_size", block_size)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-            raise ValueError(f"{name}={value!r}: must be a positive int")
+        check_positive_int(name, value)
     (p_lo, p_hi), (o_lo, o_hi) = _check_range("prompt_lengths", prompt_lengths), _check_range("output_lengths", output_lengths)
     if p_hi >= block_size:
         raise ValueError(f"prompt_lengths={prompt_lengths!r}: the longest prompt must leave room for one new token "

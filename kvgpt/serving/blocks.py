@@ -11,7 +11,8 @@ Introduced in notebooks/10_paged_attention.ipynb.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from numbers import Integral
+
+from ..validation import check_int, check_positive_int
 
 
 class NoFreeBlocksError(RuntimeError):
@@ -56,10 +57,8 @@ class BlockAllocator:
     """
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
-        for name, value in (("num_blocks", num_blocks), ("block_size", block_size)):
-            if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-                raise ValueError(f"{name}={value!r}: must be a positive int")
-        self.num_blocks, self.block_size = int(num_blocks), int(block_size)
+        self.num_blocks = check_positive_int("num_blocks", num_blocks)
+        self.block_size = check_positive_int("block_size", block_size)
         self.ref_counts = [0] * self.num_blocks
         self.free_ids: deque[int] = deque(range(self.num_blocks))  # refcount 0, no hash
         self.cached: OrderedDict[int, None] = OrderedDict()  # refcount 0 with a hash, oldest first
@@ -91,8 +90,7 @@ class BlockAllocator:
         return block
 
     def _check_id(self, block) -> None:
-        if isinstance(block, bool) or not isinstance(block, Integral) or not 0 <= block < self.num_blocks:
-            raise ValueError(f"block={block!r}: must be an int in 0..{self.num_blocks - 1}")
+        check_int("block", block, 0, self.num_blocks - 1)
 
     def free(self, block: int) -> None:
         """Drop one reference; at zero the block becomes cached (if registered) or free. Double free raises."""

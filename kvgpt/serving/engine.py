@@ -9,12 +9,12 @@ Introduced in notebooks/10_paged_attention.ipynb.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 
-from ..batching import check_token_ids
-from ..sampling import Sampler, greedy, row_generators, seen_mask
+from ..requests import RowSampler, check_request
+from ..sampling import Sampler, greedy
+from ..validation import check_positive_int
 from .blocks import NoFreeBlocksError
 from .paged import PagedKVCache
 from .scheduler import EngineStats, Scheduler, Sequence
@@ -33,12 +33,6 @@ class StepOutput:
     finish_reason: str | None
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-        raise ValueError(f"{name}={value!r}: must be a positive int")
-    return int(value)
-
-
 class LLMEngine:
     """Requests in, tokens out, one step at a time; every request gets what it would get generated alone.
 
@@ -49,13 +43,14 @@ class LLMEngine:
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
                  max_num_batched_tokens: int = 256, enable_prefix_caching: bool = True) -> None:
         self.model, cfg = model, model.config
-        block_size, max_num_seqs = _positive("block_size", block_size), _positive("max_num_seqs", max_num_seqs)
-        max_num_batched_tokens = _positive("max_num_batched_tokens", max_num_batched_tokens)
+        block_size = check_positive_int("block_size", block_size)
+        max_num_seqs = check_positive_int("max_num_seqs", max_num_seqs)
+        max_num_batched_tokens = check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
         if num_blocks is None:
             num_blocks = max_num_seqs * -(-cfg.block_size // block_size)
         param = next(model.parameters())
-        self.cache = PagedKVCache(cfg, _positive("num_blocks", num_blocks), block_size, param.device, param.dtype,
-                                  enable_prefix_caching)
+        num_blocks = check_positive_int("num_blocks", num_blocks)
+        self.cache = PagedKVCache(cfg, num_blocks, block_size, param.device, param.dtype, enable_prefix_caching)
         self.stats = EngineStats()
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_num_batched_tokens, self.stats)
         self.requests: dict[int, Sequence] = {}  # unfinished requests by id
@@ -72,30 +67,23 @@ class LLMEngine:
         return seq.request_id
 
     def _sequence(self, prompt, max_new_tokens, sampler, eos_token_id) -> Sequence:
-        """A validated request, not queued yet (its id is given when it is)."""
+        """A validated request, not queued yet (its id is given when it is): the generators' one request check."""
         cfg, bs = self.model.config, self.cache.block_size
-        prompt = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
-        if not prompt:
-            raise ValueError("prompt=[]: a request needs at least one token")
-        check_token_ids("prompt", prompt, cfg.vocab_size)
-        max_new_tokens = _positive("max_new_tokens", max_new_tokens)
-        if len(prompt) + max_new_tokens > cfg.block_size:
-            raise ValueError(f"prompt length {len(prompt)} + max_new_tokens={max_new_tokens} exceeds the model's "
+        req = check_request(prompt, max_new_tokens, sampler, eos_token_id, cfg.vocab_size, min_new_tokens=1)
+        if req.batched:
+            raise ValueError(f"prompt: add_request takes one prompt (a list of ids); got a batch of {len(req.rows)} "
+                             "(generate() and stream() take lists of prompts)")
+        prompt = req.rows[0]
+        if len(prompt) + req.max_new_tokens > cfg.block_size:
+            raise ValueError(f"prompt length {len(prompt)} + max_new_tokens={req.max_new_tokens} exceeds the model's "
                              f"context block_size={cfg.block_size}")
-        blocks = -(-(len(prompt) + max_new_tokens - 1) // bs)  # the last new token is never fed back
+        blocks = -(-(len(prompt) + req.max_new_tokens - 1) // bs)  # the last new token is never fed back
         if blocks > self.cache.allocator.num_blocks:
-            raise ValueError(f"a request of {len(prompt)} + {max_new_tokens} tokens needs {blocks} blocks but the pool "
-                             f"has num_blocks={self.cache.allocator.num_blocks}: no preemption could ever fit it")
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.Sampler")
-        eos = [] if eos_token_id is None else list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
-        check_token_ids("eos_token_id", eos, cfg.vocab_size)
-        seq = Sequence(-1, prompt, max_new_tokens, sampler, frozenset(eos))
-        if sampler is not None and not sampler.is_greedy:  # exactly the generator a solo generate() would use
-            seq.generator = row_generators(sampler.seed, 1)[0]
-        if sampler is not None and sampler.knobs["repetition_penalty"] != 1.0:
-            seq.seen = seen_mask([prompt], cfg.vocab_size, 1)
-        return seq
+            raise ValueError(f"a request of {len(prompt)} + {req.max_new_tokens} tokens needs {blocks} blocks but the "
+                             f"pool has num_blocks={self.cache.allocator.num_blocks}: no preemption could ever fit it")
+        # a batch of one row: exactly the generator and seen tokens a solo generate() would use
+        picker = RowSampler(req.sampler, [prompt], cfg.vocab_size, 1) if req.sampler is not None else None
+        return Sequence(-1, prompt, req.max_new_tokens, req.sampler, frozenset(req.eos), picker)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -134,11 +122,12 @@ class LLMEngine:
             seq.num_computed += n
             if seq.remaining:  # a prompt chunk that does not reach the end: its logits are not needed
                 continue
-            if seq.sampler is None:
+            if seq.picker is None:  # greedy rows share one argmax over the whole call
                 greedy_ids = greedy(logits).tolist() if greedy_ids is None else greedy_ids
                 token = greedy_ids[b]
-            else:
-                token = self._sample(seq, logits[b : b + 1])
+            else:  # exactly AutoregressiveGenerator's pick for a batch of one
+                with torch.inference_mode():
+                    token = int(seq.picker.pick(logits[b : b + 1])[0])
             seq.tokens.append(token)
             reason = "eos" if token in seq.eos else "max_new_tokens" if seq.num_generated == seq.max_new_tokens else None
             if reason is not None:
@@ -146,16 +135,6 @@ class LLMEngine:
                 del self.requests[seq.request_id]
             outputs.append(StepOutput(seq.request_id, token, reason is not None, reason))
         return outputs
-
-    @staticmethod
-    def _sample(seq: Sequence, logits: torch.Tensor) -> int:
-        """Exactly AutoregressiveGenerator's pick for a batch of one: the same sampler, generator and history."""
-        with torch.inference_mode():
-            gens = None if seq.generator is None else [seq.generator]
-            token = seq.sampler.sample(logits, seq.seen, gens, [True])  # (1,)
-        if seq.seen is not None:
-            seq.seen[0, token] = True
-        return int(token[0])
 
     def _add_all(self, prompts, max_new_tokens, sampler, eos_token_id) -> list[int]:
         n = len(prompts)

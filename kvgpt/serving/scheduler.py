@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-import torch
-
 from .paged import PagedKVCache
 
 
@@ -31,8 +29,7 @@ class Sequence:
     max_new_tokens: int
     sampler: object = None  # a kvgpt.Sampler, or None for greedy
     eos: frozenset = frozenset()
-    generator: torch.Generator | None = None  # this request's own stream of random numbers
-    seen: torch.Tensor | None = None  # (1, V) tokens seen, for the repetition penalty
+    picker: object = None  # a kvgpt.requests.RowSampler of one row: its own generator and seen tokens
     tokens: list = field(default_factory=list)
     num_computed: int = 0  # tokens whose keys/values are in the cache
     finish_reason: str | None = None
