@@ -9,8 +9,12 @@ Shape legend, used as trailing comments throughout the package and the notebooks
     H  attention heads          D  head dim = C // H
     V  vocabulary size          L  layers
 
-Chapter map: config (01) · embeddings (02) · attention (03) · kv_cache, model (04) ·
-generation (05) · sampling (06) · batching (07) · benchmark, linear, compiled (08).
+Chapter map (module -> notebooks/NN_*.ipynb):
+    config, validation (01) · embeddings (02) · attention (03) · kv_cache, cache_manager, model (04) ·
+    generation, requests (05) · sampling, widgets (06) · batching (07) · benchmark/, linear, compiled (08) ·
+    tokenizer, hf, pretrained (09) · serving/blocks, serving/paged, serving/engine (10) ·
+    serving/scheduler, benchmark/serving (11) · gqa, quantized_cache, evaluation (12) ·
+    speculative, drafting, context (13) · plots/ draws every chapter's figures.
 """
 
 from .attention import CausalSelfAttention

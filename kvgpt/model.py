@@ -91,6 +91,8 @@ class MiniGPTInferenceModel(nn.Module):
             module.weight = nn.Parameter(module.weight.detach().t().contiguous().t())
         self.lm_head.weight = embedding.weight  # re-tie after replacing the parameter
 
+    # from_hf/to_hf: two small public doors into kvgpt/hf.py, imported when called (hf.py builds on this module;
+    # the only import circle the package keeps, on purpose: tests/test_structure.py allows exactly this one)
     @classmethod
     def from_hf(cls, name_or_dir: str, **kwargs) -> "MiniGPTInferenceModel":
         """Load HuggingFace GPT-2 weights (a local directory, or a hub name when online). See kvgpt/hf.py."""

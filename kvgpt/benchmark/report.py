@@ -129,9 +129,9 @@ def metadata(quick: bool, bandwidth: float, weights: dict, wall_s: float) -> pd.
 def write_results(results: dict, out: Path, prefix: str = "bench_", figures=None) -> list[Path]:
     """Every table as <prefix><name>.csv, the metadata as <prefix>meta.json, the figures as PNG.
 
-    figures(results, out, prefix) -> paths draws them (default: the bench suite's kvgpt.benchmark.plots.save_figures).
+    figures(results, out, prefix) -> paths draws them (default: the bench suite's kvgpt.plots.bench_suite.save_figures).
     """
-    from .plots import save_figures
+    from ..plots.bench_suite import save_figures
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -10,11 +10,11 @@ def _engine_lines(ax, df, x: str, y: str) -> None:
     """One line per engine of a benchmark table, in kvgpt.benchmark's engine colours."""
     from matplotlib.ticker import NullLocator
 
-    from ..benchmark.plots import COLORS
+    from .bench_suite import COLORS
 
     for engine, d in df.groupby("engine", sort=False):
         _ = ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
-    from ..benchmark.plots import _plain_log_ticks
+    from .bench_suite import _plain_log_ticks
 
     ticks = sorted(df[x].unique())
     ax.set(xscale="log", yscale="log", xticks=ticks, xticklabels=[str(t) for t in ticks])
@@ -71,7 +71,7 @@ def plot_engine_latency(df, floor_ms: float | None = None):
     """
     import matplotlib.pyplot as plt
 
-    from ..benchmark.plots import COLORS
+    from .bench_suite import COLORS
 
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(df) + 1.4))
     _ = ax.barh(df.engine, df.decode_ms_per_token, color=[COLORS.get(e, "gray") for e in df.engine])
@@ -95,7 +95,7 @@ def plot_roofline(points, peak_gflops: float, bandwidth_gbs: float, title: str =
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..benchmark.plots import _plain_log_ticks
+    from .bench_suite import _plain_log_ticks
 
     ridge = peak_gflops / bandwidth_gbs
     lo = min(0.1, float(points.intensity.min()) / 2)

@@ -2,8 +2,8 @@
 
     PYTHONPATH=$PWD .venv-peers/bin/python peers/engines/onnxruntime_engine.py [--quick]
 
-The exported graph is `KVGraph` below, kvgpt's own submodules and weights (its split_heads, attend, merge_heads,
-FeedForward, LayerNorms, tied LM head): input_ids (B, T), past_key and past_value (L, B, H, P, D) ->
+The exported graph is `KVGraph` below: kvgpt's own forward (MiniGPTInferenceModel._run) over a cache view whose
+layers concatenate to a past given as graph inputs: input_ids (B, T), past_key and past_value (L, B, H, P, D) ->
 logits (B, V) of the last position, present_key and present_value (L, B, H, P + T, D), the growing concat cache
 of ORT's decoder examples. B and P are dynamic axes. TWO graphs by default: the prefill graph (T dynamic, causal
 mask, run once with P = 0) and a decode-step graph (T = 1, no mask ops); graphs=1 runs the prefill graph for every
@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kvgpt.attention import attend, causal_mask
+from kvgpt.attention import causal_mask
 from kvgpt.benchmark.engines import Engine, Run, _ms
+from kvgpt.kv_cache import KVCache
 
 NAME = "onnxruntime"
 OPSET = 18  # LayerNormalization is a single op from opset 17 on; 18 is what both exporters emit cleanly
@@ -66,8 +67,46 @@ def versions() -> dict:
     return {**out, "cpu": cpu_name(), "settings": dict(SETTINGS)}
 
 
+class PastView:
+    """The exported graph's CacheView: the past comes in as (L, B, H, P, D) tensors, each layer concatenates its
+    new keys/values to it (the growing cache of ORT's decoder examples). `length` is 0 and positions come from P
+    (a dynamic axis), so the trace holds no Python int that changes between runs (as kvgpt/compiled.py's view)."""
+
+    length = 0
+
+    def __init__(self, past_key, past_value, step: bool):
+        self.past, self.step = past_key.size(3), step  # P
+        self.layers = [PastLayer(k, v) for k, v in zip(past_key.unbind(0), past_value.unbind(0))]
+
+    def get(self, layer_idx):
+        return self.layers[layer_idx]
+
+    def check_call(self, model, b, t):
+        """Nothing to check inside the graph: the engine feeds what the graph was exported for."""
+
+    def context_end(self, t):
+        return self.past + t
+
+    def position_ids(self, t, device=None):
+        return torch.arange(self.past, self.past + t, device=device)  # (T,): new tokens go after the past
+
+    def attention_mask(self, t, device=None):
+        return None if self.step else causal_mask(t, self.past + t, device)  # (T, S); a step sees every key
+
+
+class PastLayer(KVCache):
+    """One layer of a PastView: append = concatenate to the past given as a graph input (KVCache.attend attends)."""
+
+    def __init__(self, past_key, past_value):
+        self.k, self.v = past_key, past_value  # (B, H, P, D)
+
+    def append(self, k_new, v_new):
+        self.k, self.v = torch.cat([self.k, k_new], dim=2), torch.cat([self.v, v_new], dim=2)  # (B, H, S, D)
+        return self.k, self.v
+
+
 class KVGraph(nn.Module):
-    """kvgpt's decoder as one cached-step function, for export: the cache in, the grown cache out.
+    """kvgpt's decoder as one cached-step function, for export: the model's own forward (`_run`) over a PastView.
 
     Shapes: input_ids (B, T), past_key / past_value (L, B, H, P, D) -> logits (B, V) (last position),
     present_key / present_value (L, B, H, P + T, D). P = 0 is the prefill.
@@ -78,20 +117,10 @@ class KVGraph(nn.Module):
         self.model, self.step = model, step  # step: a decode-step graph (T = 1, no mask ops at all)
 
     def forward(self, input_ids, past_key, past_value):
-        m = self.model
-        t, p = input_ids.size(1), past_key.size(3)
-        positions = torch.arange(p, p + t, device=input_ids.device)  # (T,): new tokens go after the past
-        x = m.token_embedding(input_ids) + m.position_embedding(positions)  # (B, T, C)
-        mask = None if self.step else causal_mask(t, p + t, input_ids.device)  # (T, S); a step sees every key
-        keys, values = [], []
-        for i, block in enumerate(m.blocks):
-            q, k, v = block.attn.split_heads(block.ln_1(x))  # (B, H, T, D)
-            k, v = torch.cat([past_key[i], k], dim=2), torch.cat([past_value[i], v], dim=2)  # (B, H, S, D)
-            keys.append(k)
-            values.append(v)
-            x = x + block.attn.merge_heads(attend(q, k, v, mask, block.attn.impl))  # (B, T, C)
-            x = x + block.ffn(block.ln_2(x))
-        return m._logits(x, last_only=True), torch.stack(keys), torch.stack(values)  # (B, V), (L, B, H, S, D)
+        view = PastView(past_key, past_value, self.step)
+        logits = self.model._run(input_ids, view, 0, last_only=True)  # (B, V)
+        keys, values = zip(*((layer.k, layer.v) for layer in view.layers))
+        return logits, torch.stack(keys), torch.stack(values)  # (B, V), (L, B, H, S, D) x 2
 
 
 def export(model, path: Path, dynamo: bool = False, step: bool = False) -> Path:
