@@ -249,3 +249,56 @@ def test_every_solution_ends_in_a_passing_check(path):
         last, shown = block[-1], _text_outputs(block[-1])
         assert "NBVAL_IGNORE_OUTPUT" not in _source(last), f"{path.name}: solution at cell {i} is not checked"
         assert "True" in shown and "False" not in shown, f"{path.name}: solution at cell {i} prints {shown[-200:]!r}"
+
+
+def _figure_functions() -> set[str]:
+    """Names of the package's functions that build and return a matplotlib figure (`return fig`)."""
+    names = set()
+    for tree in SOURCES.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    isinstance(r, ast.Return) and isinstance(r.value, ast.Name) and r.value.id == "fig"
+                    for r in ast.walk(node)):
+                names.add(node.name)
+    return names
+
+
+FIGURE_FUNCTIONS = _figure_functions()
+PYPLOT_DRAWS = {"show", "subplots", "figure", "imshow", "plot", "bar", "barh", "scatter", "hist"}
+
+
+def _draws_figure(tree: ast.Module) -> bool:
+    """A cell draws a figure if it calls a package plot function, or pyplot (plt.show(), plt.subplots(), ...)."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in FIGURE_FUNCTIONS:
+            return True
+        if isinstance(func, ast.Attribute) and (func.attr in FIGURE_FUNCTIONS or (
+                isinstance(func.value, ast.Name) and func.value.id == "plt" and func.attr in PYPLOT_DRAWS)):
+            return True
+    return False
+
+
+def test_figure_functions_were_found():
+    assert {"plot_row_gantt", "plot_speedup", "kv_cache_fill"} <= FIGURE_FUNCTIONS, sorted(FIGURE_FUNCTIONS)
+
+
+@every_notebook
+def test_every_figure_is_stored_as_an_image(path):
+    # nbval's sanitizer turns "<Figure size 900x372 with 1 Axes>" into a pattern, so a figure stored as that text
+    # (no PNG: a bare matplotlib Figure with no inline formatter) passes nbval; this test does not let it.
+    missing, as_text = [], []
+    for i, cell in _code_cells(_read(path)):
+        outputs = cell["outputs"]
+        if _draws_figure(_parse_cell(i, cell)) and not any("image/png" in o.get("data", {}) for o in outputs):
+            missing.append(i)
+        for o in outputs:
+            text = o.get("text") or o.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if "<Figure size" in text and "image/png" not in o.get("data", {}):
+                as_text.append(i)
+    assert not missing and not as_text, (
+        f"{path.name}: cells {missing} draw a figure but store no image/png; cells {as_text} store a figure as "
+        "'<Figure size ...>' text. Return a pyplot figure and call plt.show(), then re-run scripts/execute_notebooks.py")
