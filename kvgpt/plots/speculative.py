@@ -91,14 +91,14 @@ def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
     return fig
 
 
-def plot_acceptance(df, positions=None, title: str = "Acceptance and tokens per target pass"):
+def plot_acceptance(df, positions=None, title: str = "Acceptance and tokens per target pass", min_examined: int = 10):
     """Left: acceptance per draft position (accepted / examined) at the largest k, one line per source;
     right: measured tokens per target pass against k, with the i.i.d. formula (1 - a^(k+1)) / (1 - a) at the
     per-position acceptance (dashed) and at accepted / drafted (dotted). Legends sit under the axes.
 
     df: speculative_sweep rows (source, k, tokens_per_pass, acceptance, accepted_per_drafted); positions: its
-    per-position rows (source, k, position, acceptance). Without positions the left panel shows acceptance
-    against k. Introduced in notebooks/13_speculative_decoding.ipynb.
+    per-position rows (source, k, position, examined, acceptance); positions examined fewer than min_examined
+    times are left out. Without positions the left panel shows acceptance against k. Introduced in notebooks/13_speculative_decoding.ipynb.
     """
     import matplotlib.pyplot as plt
 
@@ -110,6 +110,7 @@ def plot_acceptance(df, positions=None, title: str = "Acceptance and tokens per 
         d = d.sort_values("k")
         if positions is not None:
             p = positions[(positions.source == source) & (positions.k == d.k.max())]
+            p = p[p.examined >= min_examined]  # a rate from a handful of rounds is noise
             line = left.plot(p.position, p.acceptance, marker="o")[0]
         else:
             line = left.plot(d.k, d.acceptance, marker="o")[0]
@@ -123,7 +124,8 @@ def plot_acceptance(df, positions=None, title: str = "Acceptance and tokens per 
         handles.append(line)
         labels.append(source)
     k_max = int(df.k.max())
-    left.set(xlabel=f"draft position i (k = {k_max})" if positions is not None else "k (draft tokens per round)",
+    left.set(xlabel=f"draft position i (k = {k_max}; i examined >= {min_examined} times)" if positions is not None
+             else "k (draft tokens per round)",
              ylabel="acceptance", ylim=(0, 1.05),
              title="accepted at i / rounds that reached i" if positions is not None else "acceptance")
     right.set(xlabel="k (draft tokens per round)", ylabel="new tokens per target pass",
