@@ -9,6 +9,8 @@ import inspect
 
 import torch
 
+from .validation import fail_type
+
 NOTEBOOK_THREADS = 2  # the thread count the stored outputs were produced with; float sums depend on it
 
 
@@ -64,3 +66,20 @@ def show_source(obj) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(f"```python\n{inspect.getsource(obj)}```"))
+
+
+def table(df, digits: int | None = None, missing: str = "—"):
+    """A DataFrame ready to display as a cell's last line: Jupyter renders it as an HTML table (a wide
+    print(df.to_string()) wraps mid-word in a notebook column), floats rounded to `digits`, and NaN, which in
+    these tables means "not applicable" or "not measured", shown as `missing`.
+
+    Introduced in notebooks/12_smaller_caches.ipynb.
+    """
+    import pandas as pd
+
+    if not isinstance(df, (pd.DataFrame, pd.Series)):
+        fail_type("df", df, "a pandas DataFrame or Series")
+    out = df.to_frame() if isinstance(df, pd.Series) else df.copy()
+    if digits is not None:
+        out = out.round(digits)
+    return out.astype(object).where(out.notna(), missing)
