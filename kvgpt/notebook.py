@@ -68,7 +68,7 @@ def show_source(obj) -> None:
     display(Markdown(f"```python\n{inspect.getsource(obj)}```"))
 
 
-def table(df, digits: int | None = None, missing: str = "—"):
+def as_table(df, digits: int | None = None, missing: str = "—"):
     """A DataFrame ready to display as a cell's last line: Jupyter renders it as an HTML table (a wide
     print(df.to_string()) wraps mid-word in a notebook column), floats rounded to `digits`, and NaN, which in
     these tables means "not applicable" or "not measured", shown as `missing`.
