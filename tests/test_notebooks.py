@@ -234,10 +234,11 @@ def _text_outputs(cell: dict) -> str:
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_every_solution_ends_in_a_passing_check(path):
-    # a solution section starts at a "**N. ..." markdown cell; its last code cell must print True (and no False),
-    # and be checked by nbval (no NBVAL_IGNORE_OUTPUT)
+    # a solution starts at a markdown line "**N. ..." (the first of a chapter shares its cell with the chapter's
+    # heading); its last code cell must assert its claim (so a reader's own wrong answer fails in their notebook
+    # too), print True (and no False) beside it, and be checked by nbval (no NBVAL_IGNORE_OUTPUT)
     cells = _read(path)["cells"]
-    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.match(r"\*\*\d\. ", _source(c))]
+    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.search(r"^\*\*\d\. ", _source(c), re.M)]
     assert len(starts) >= 3, f"{path.name}: found {len(starts)} solutions"
     for i in starts:
         block = []
@@ -249,6 +250,19 @@ def test_every_solution_ends_in_a_passing_check(path):
         last, shown = block[-1], _text_outputs(block[-1])
         assert "NBVAL_IGNORE_OUTPUT" not in _source(last), f"{path.name}: solution at cell {i} is not checked"
         assert "True" in shown and "False" not in shown, f"{path.name}: solution at cell {i} prints {shown[-200:]!r}"
+        tree = _parse_cell(i, last)
+        assert any(isinstance(node, ast.Assert) for node in tree.body), (
+            f"{path.name}: the last cell of the solution at cell {i} has no top-level assert beside its printed check")
+
+
+def test_solutions_cover_every_chapter_with_exercises():
+    chapters = {_chapter_number(p) for p in NOTEBOOKS if "## Exercises" in
+                "\n".join(_source(c) for c in _read(p)["cells"] if c["cell_type"] == "markdown")}
+    covered = set()
+    for path in SOLUTIONS:
+        first, last = (int(n) for n in re.search(r"solutions_(\d\d)-(\d\d)", path.name).groups())
+        covered |= set(range(first, last + 1))
+    assert chapters <= covered, f"chapters with exercises but no solutions notebook: {sorted(chapters - covered)}"
 
 
 def _figure_functions() -> set[str]:

@@ -145,11 +145,13 @@ def _chapter_figures():
         "plot_kv_spread": lambda: plots.plot_kv_spread(k, 0.5 * k, title="layer 1"),
         "plot_head_sharing": lambda: plots.plot_head_sharing(8, (8, 2, 1)),
         "plot_peers": lambda: plot_peers(load_peers(root / "peers_results.csv"), "a CPU"),
+        "plot_logit_gap": lambda: plots.plot_logit_gap({"load_hf": [2e-7] * 30, "to_hf()": [0.0] * 30,
+                                                       "no transpose": [0.9] * 30}),
     }
 
 
 CHAPTER_FIGURES = ["plot_serving", "plot_kv_memory", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
-                   "plot_kv_spread", "plot_head_sharing", "plot_peers"]
+                   "plot_kv_spread", "plot_head_sharing", "plot_peers", "plot_logit_gap"]
 
 
 def test_chapter_figure_list_is_complete():
@@ -174,3 +176,12 @@ def test_layout_checker_sees_a_legend_over_data_and_overlapping_titles():
     b.set_title("the neighbour's title")
     problems = layout_problems(fig)
     assert any("covers data" in p for p in problems) and any("overlaps" in p for p in problems)
+
+
+def test_scaled_logit_gap_divides_by_the_largest_reference_logit():
+    ref = torch.tensor([[[10.0, -20.0], [1.0, 2.0]]])  # (1, T=2, V=2)
+    assert plots.scaled_logit_gap(ref + torch.tensor([[[0.0, 2e-4], [1e-4, 0.0]]]), ref) == pytest.approx([1e-5, 5e-6], rel=1e-2)
+    small = torch.tensor([[0.1, 0.2]])  # max |logit| below 1: the scale is 1, as in the tolerance rule
+    assert plots.scaled_logit_gap(small + 1e-6, small) == pytest.approx([1e-6], rel=1e-2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        plots.scaled_logit_gap(ref, ref[0])

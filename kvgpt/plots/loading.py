@@ -35,7 +35,8 @@ def plot_logit_gap(gaps: dict, tolerance: float = 1e-5, title: str = "Logits aga
 
     fig, ax = plt.subplots(figsize=(7, 3.9))
     for label, values in gaps.items():
-        _ = ax.plot(range(len(values)), [max(v, FLOOR) for v in values], marker="o", ms=3, label=label)
+        exact = " (identical: drawn at the floor)" if max(values) == 0 else ""
+        _ = ax.plot(range(len(values)), [max(v, FLOOR) for v in values], marker="o", ms=3, label=label + exact)
     _ = ax.axhline(tolerance, color="k", ls="--", lw=1, label=f"tolerance {tolerance:g} x max|logit|")
     ax.set(yscale="log", xlabel="position in the prompt", ylabel="max |z - z_ref| / max |z_ref|", title=title)
     ax.set_ylim(FLOOR / 2, 10)
