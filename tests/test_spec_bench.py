@@ -71,3 +71,38 @@ def test_sweep_rows_and_plots():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def _first_tokens_through_the_generator(target, draft, prompt, n, rule=None):
+    """The first new token of n sampled generations, seeds 0 .. n-1, through SpeculativeGenerator itself (k = 1)."""
+    import contextlib
+    from unittest import mock
+
+    from kvgpt import Sampler
+    from kvgpt import speculative as spec
+
+    gen = spec.SpeculativeGenerator(target, draft)
+    with mock.patch.object(spec, "verify_drafts", rule) if rule else contextlib.nullcontext():
+        return torch.tensor([gen.generate(prompt, 2, k=1, sampler=Sampler(temperature=1.0, seed=s))[len(prompt)]
+                             for s in range(n)])
+
+
+def test_generator_keeps_the_target_distribution_and_catches_accept_always():
+    # chapter 13's chi-square drives verify_drafts through first_token_trials' own pipeline; this one goes through
+    # SpeculativeGenerator._rounds (how it builds p and q), so a bug there fails too
+    target = cached_model(vocab_size=6, n_layers=2, n_heads=2, d_model=16, block_size=16)
+    draft = cached_model(vocab_size=6, n_layers=1, n_heads=2, d_model=16, block_size=16, seed=3)
+    prompt = [1, 2, 3]
+    with torch.no_grad():
+        p = target(torch.tensor([prompt]), last_only=True)[0].softmax(-1)  # (V,)
+        q = draft(torch.tensor([prompt]), last_only=True)[0].softmax(-1)
+    assert 0.5 * float((p - q).abs().sum()) > 0.1  # the draft differs enough for "accept always" to show
+    first = _first_tokens_through_the_generator(target, draft, prompt, 2000)
+    assert chi_square(first, p)[2] > 1e-3
+
+    def accept_always(P, Q, drafts, generator=None, is_greedy=False):
+        n = torch.full((len(drafts),), drafts.size(1))
+        return n, torch.multinomial(P[:, -1], 1, generator=generator)[:, 0]
+
+    wrong = _first_tokens_through_the_generator(target, draft, prompt, 2000, rule=accept_always)
+    assert chi_square(wrong, p)[2] < 1e-3
