@@ -168,27 +168,32 @@ class GPT2Tokenizer:
         return self._tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids) -> str:
-        """ids -> str. A token that ends inside a multi-byte character decodes to U+FFFD on its own."""
+        """ids -> str. A token that ends inside a multi-byte character decodes to U+FFFD on its own.
+
+        An id the tokenizer has no entry for raises ValueError naming it (the backends would drop it silently
+        or fail deep inside): a vocabulary may be smaller than the model's, or sparse, as in a stand-in
+        tokenizer. pieces() shows such ids instead of refusing them.
+        """
         ids = _ids_to_list(ids)
-        bad = next((i for i in ids if not 0 <= i < self._id_limit), None)
-        if bad is not None:  # a backend would raise deep inside (tiktoken) or fail on a None token (transformers)
-            raise ValueError(f"token id {bad} is outside the vocabulary's ids 0..{self._id_limit - 1}")
+        bad = next((i for i in ids if not self._known(i)), None)
+        if bad is not None:
+            raise ValueError(f"ids contains {bad}, which this tokenizer has no entry for ({self._known_ids()}); "
+                             f"pieces(ids) shows it as '<{bad}>'")
         return self._tok.decode(ids)
 
     def pieces(self, ids) -> list[str]:
-        """One string per id: the text of that token alone, or "<id>" for an id this tokenizer has no entry for.
+        """One string per id: the text of that token alone, or "<id>" for an id this tokenizer has no entry for
+        (decode() refuses those): every generated id stays visible."""
+        return [self._tok.decode([i]) if self._known(i) else f"<{i}>" for i in _ids_to_list(ids)]
 
-        decode() silently drops such ids (a vocabulary smaller than the model's, as in a stand-in
-        tokenizer): the pieces keep every generated id visible.
-        """
-        out = []
-        for i in _ids_to_list(ids):
-            if self._kind == "tiktoken":
-                known = i < self._tok.n_vocab
-            else:
-                known = self._tok.convert_ids_to_tokens(i) is not None
-            out.append(self._tok.decode([i]) if known else f"<{i}>")
-        return out
+    def _known(self, i: int) -> bool:
+        if not 0 <= i < self._id_limit:
+            return False
+        return self._kind == "tiktoken" or self._tok.convert_ids_to_tokens(i) is not None
+
+    def _known_ids(self) -> str:
+        count = self.vocab_size if self._kind == "tiktoken" else len(self._tok.get_vocab())
+        return f"{count:,} known ids in 0..{self._id_limit - 1}"
 
     def __repr__(self) -> str:
         return f"GPT2Tokenizer({self.source!r}, backend={self._kind}, vocab_size={self.vocab_size})"

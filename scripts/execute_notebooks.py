@@ -48,7 +48,7 @@ def execute(path: Path) -> float:
 
 def main(argv: list[str]) -> int:
     folder = ROOT / "notebooks"
-    paths = [Path(a).resolve() for a in argv] or (sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    paths = [Path(a).resolve() for a in argv] or (sorted(folder.glob("[0-9][0-9]*_*.ipynb"))
                                                   + sorted(folder.glob("solutions_*.ipynb")))
     total = 0.0
     for path in paths:

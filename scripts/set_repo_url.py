@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
             return 2
         PYPROJECT.write_text(URL_LINE.sub(f'Repository = "https://github.com/{argv[0]}"', PYPROJECT.read_text()))
     owner_name = repo()
-    for nb_path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for nb_path in sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
         apply(nb_path, owner_name)
     readme = ROOT / "README.md"
     readme.write_text(re.sub(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/",

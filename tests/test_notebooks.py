@@ -18,9 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kvgpt"
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "notebooks").glob("solutions_*.ipynb"))  # not chapters: no header, same hygiene
-BACKREF = re.compile(r"Introduced\s+in\s+(notebooks/\d\d_\w+\.ipynb)")
+BACKREF = re.compile(r"Introduced\s+in\s+(notebooks/\d\d[a-z]?_\w+\.ipynb)")
 MAGIC_LINE = re.compile(r"^(\s*)[%!].*$", re.MULTILINE)  # IPython magics / shell lines are not Python
 
 
@@ -184,7 +184,7 @@ def test_chapter_template_headings(path):
     cells = _read(path)["cells"]
     markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
     headings = {line.strip() for line in markdown.splitlines() if line.startswith("#")}
-    number = path.name[:2]
+    number = path.name.split("_")[0]  # "08b" for the optional 08b
     assert _source(cells[2]).startswith(f"# {number} · "), f"{path.name}: cell 2 should open with '# {number} · Title'"
     for heading in ("## Summary", "## Exercises"):
         assert heading in headings, f"{path.name}: missing the heading {heading!r}"
@@ -234,10 +234,11 @@ def _text_outputs(cell: dict) -> str:
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_every_solution_ends_in_a_passing_check(path):
-    # a solution section starts at a "**N. ..." markdown cell; its last code cell must print True (and no False),
-    # and be checked by nbval (no NBVAL_IGNORE_OUTPUT)
+    # a solution starts at a markdown line "**N. ..." (the first of a chapter shares its cell with the chapter's
+    # heading); its last code cell must assert its claim (so a reader's own wrong answer fails in their notebook
+    # too), print True (and no False) beside it, and be checked by nbval (no NBVAL_IGNORE_OUTPUT)
     cells = _read(path)["cells"]
-    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.match(r"\*\*\d\. ", _source(c))]
+    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.search(r"^\*\*\d\. ", _source(c), re.M)]
     assert len(starts) >= 3, f"{path.name}: found {len(starts)} solutions"
     for i in starts:
         block = []
@@ -249,3 +250,89 @@ def test_every_solution_ends_in_a_passing_check(path):
         last, shown = block[-1], _text_outputs(block[-1])
         assert "NBVAL_IGNORE_OUTPUT" not in _source(last), f"{path.name}: solution at cell {i} is not checked"
         assert "True" in shown and "False" not in shown, f"{path.name}: solution at cell {i} prints {shown[-200:]!r}"
+        tree = _parse_cell(i, last)
+        assert any(isinstance(node, ast.Assert) for node in tree.body), (
+            f"{path.name}: the last cell of the solution at cell {i} has no top-level assert beside its printed check")
+
+
+def test_solutions_cover_every_chapter_with_exercises():
+    chapters = {_chapter_number(p) for p in NOTEBOOKS if "## Exercises" in
+                "\n".join(_source(c) for c in _read(p)["cells"] if c["cell_type"] == "markdown")}
+    covered = set()
+    for path in SOLUTIONS:
+        first, last = (int(n) for n in re.search(r"solutions_(\d\d)-(\d\d)", path.name).groups())
+        covered |= set(range(first, last + 1))
+    assert chapters <= covered, f"chapters with exercises but no solutions notebook: {sorted(chapters - covered)}"
+
+
+def _figure_functions() -> set[str]:
+    """Names of the package's functions that build and return a matplotlib figure (`return fig`)."""
+    names = set()
+    for tree in SOURCES.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    isinstance(r, ast.Return) and isinstance(r.value, ast.Name) and r.value.id == "fig"
+                    for r in ast.walk(node)):
+                names.add(node.name)
+    return names
+
+
+FIGURE_FUNCTIONS = _figure_functions()
+PYPLOT_DRAWS = {"show", "subplots", "figure", "imshow", "plot", "bar", "barh", "scatter", "hist"}
+
+
+def _draws_figure(tree: ast.Module) -> bool:
+    """A cell draws a figure if it calls a package plot function, or pyplot (plt.show(), plt.subplots(), ...)."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in FIGURE_FUNCTIONS:
+            return True
+        if isinstance(func, ast.Attribute) and (func.attr in FIGURE_FUNCTIONS or (
+                isinstance(func.value, ast.Name) and func.value.id == "plt" and func.attr in PYPLOT_DRAWS)):
+            return True
+    return False
+
+
+def test_figure_functions_were_found():
+    assert {"plot_row_gantt", "plot_speedup", "kv_cache_fill"} <= FIGURE_FUNCTIONS, sorted(FIGURE_FUNCTIONS)
+
+
+@every_notebook
+def test_every_figure_is_stored_as_an_image(path):
+    # nbval's sanitizer turns "<Figure size 900x372 with 1 Axes>" into a pattern, so a figure stored as that text
+    # (no PNG: a bare matplotlib Figure with no inline formatter) passes nbval; this test does not let it.
+    missing, as_text = [], []
+    for i, cell in _code_cells(_read(path)):
+        outputs = cell["outputs"]
+        if _draws_figure(_parse_cell(i, cell)) and not any("image/png" in o.get("data", {}) for o in outputs):
+            missing.append(i)
+        for o in outputs:
+            text = o.get("text") or o.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if "<Figure size" in text and "image/png" not in o.get("data", {}):
+                as_text.append(i)
+    assert not missing and not as_text, (
+        f"{path.name}: cells {missing} draw a figure but store no image/png; cells {as_text} store a figure as "
+        "'<Figure size ...>' text. Return a pyplot figure and call plt.show(), then re-run scripts/execute_notebooks.py")
+
+
+def _chapter_number(path: Path) -> int:
+    return int(re.match(r"\d\d", path.name).group())
+
+
+NEXT_FIXED_BY_REWRITE = {"11_continuous_batching.ipynb"}  # the rewrite of chapter 11 in progress links 12
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_next_links_the_next_chapter(path):
+    # the closing "**Next:**" of chapter NN (08b included) links chapter NN+1 whenever that chapter exists
+    following = [p for p in NOTEBOOKS if _chapter_number(p) == _chapter_number(path) + 1 and p.name[2] == "_"]
+    if not following:
+        pytest.skip(f"no chapter {_chapter_number(path) + 1:02d} in this repository")
+    if path.name in NEXT_FIXED_BY_REWRITE:
+        pytest.xfail(f"{path.name} is being rewritten; its new edition links {following[0].name}")
+    cells = [_source(c) for c in _read(path)["cells"] if c["cell_type"] == "markdown" and "**Next:**" in _source(c)]
+    assert cells, f"{path.name}: no '**Next:**' paragraph"
+    assert f"]({following[0].name})" in cells[-1], f"{path.name}: its Next does not link {following[0].name}"

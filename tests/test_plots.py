@@ -118,3 +118,70 @@ def test_roofline_picture():
     assert roof.max() == 300.0 and abs(roof.min() / ax.lines[0].get_xdata().min() - 30.0) < 1e-9  # min(P, x * W)
     assert [t.get_text() for t in ax.texts][1:] == ["B=1", "B=4", "S=64", "S=128"]  # after the ridge label
     assert ax.get_xscale() == ax.get_yscale() == "log"
+
+
+def _chapter_figures():
+    """The figures chapters 11-13 (and 08's peers chart) draw, on the stored measurements in figures/."""
+    from pathlib import Path
+
+    from kvgpt.benchmark.peer_report import load_peers, plot_peers
+    from kvgpt.plots import serving, speculative
+
+    root = Path(__file__).resolve().parents[1] / "figures"
+    throughput, memory = pd.read_csv(root / "serve_throughput.csv"), pd.read_csv(root / "serve_memory.csv")
+    sweep, positions = pd.read_csv(root / "spec_speedup.csv"), pd.read_csv(root / "spec_positions.csv")
+    label = lambda d: d.assign(source=d["mode"] + ", " + d["source"])  # noqa: E731
+    k = torch.randn(8, 4, 256, 32, generator=torch.Generator().manual_seed(0))
+    steps = [list(range(16 - s // 3)) for s in range(40)]
+    return {
+        "plot_serving": lambda: serving.plot_serving(throughput),
+        "plot_kv_memory": lambda: serving.plot_kv_memory(memory[memory.model == memory.model.iloc[0]]),
+        "plot_row_gantt": lambda: serving.plot_row_gantt(steps, 16, wasted=[[15]] * 40, title="static batching"),
+        "plot_acceptance": lambda: speculative.plot_acceptance(label(sweep), label(positions)),
+        "plot_speedup": lambda: speculative.plot_speedup(sweep[sweep["mode"] == "greedy"], note="a CPU, 1 thread"),
+        "plot_rounds": lambda: speculative.plot_rounds(
+            [{"context": "ROME", "drafts": list("O:⏎I"), "accepted": i % 5, "target": "w", "cache": (11, 9)}
+             for i in range(7)], "Greedy speculative decoding, k = 4"),
+        "plot_kv_spread": lambda: plots.plot_kv_spread(k, 0.5 * k, title="layer 1"),
+        "plot_head_sharing": lambda: plots.plot_head_sharing(8, (8, 2, 1)),
+        "plot_peers": lambda: plot_peers(load_peers(root / "peers_results.csv"), "a CPU"),
+        "plot_logit_gap": lambda: plots.plot_logit_gap({"load_hf": [2e-7] * 30, "to_hf()": [0.0] * 30,
+                                                       "no transpose": [0.9] * 30}),
+    }
+
+
+CHAPTER_FIGURES = ["plot_serving", "plot_kv_memory", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
+                   "plot_kv_spread", "plot_head_sharing", "plot_peers", "plot_logit_gap"]
+
+
+def test_chapter_figure_list_is_complete():
+    assert sorted(_chapter_figures()) == sorted(CHAPTER_FIGURES)
+
+
+@pytest.mark.parametrize("name", CHAPTER_FIGURES)
+def test_chapter_figures_have_no_legend_over_data_no_clipped_or_overlapping_text(name):
+    from figure_layout import layout_problems
+
+    assert layout_problems(_chapter_figures()[name]()) == []
+
+
+def test_layout_checker_sees_a_legend_over_data_and_overlapping_titles():
+    import matplotlib.pyplot as plt
+    from figure_layout import layout_problems
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(4, 2))
+    a.plot(range(10), range(10), label="a line")
+    a.legend(loc="center")  # right on the line
+    a.set_title("a long title that runs into its neighbour's")
+    b.set_title("the neighbour's title")
+    problems = layout_problems(fig)
+    assert any("covers data" in p for p in problems) and any("overlaps" in p for p in problems)
+
+
+def test_scaled_logit_gap_divides_by_the_largest_reference_logit():
+    ref = torch.tensor([[[10.0, -20.0], [1.0, 2.0]]])  # (1, T=2, V=2)
+    assert plots.scaled_logit_gap(ref + torch.tensor([[[0.0, 2e-4], [1e-4, 0.0]]]), ref) == pytest.approx([1e-5, 5e-6], rel=1e-2)
+    small = torch.tensor([[0.1, 0.2]])  # max |logit| below 1: the scale is 1, as in the tolerance rule
+    assert plots.scaled_logit_gap(small + 1e-6, small) == pytest.approx([1e-6], rel=1e-2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        plots.scaled_logit_gap(ref, ref[0])

@@ -174,3 +174,13 @@ def test_cli_forwards_serve_bench_arguments(monkeypatch):
     monkeypatch.setitem(sys.modules, "kvgpt.benchmark.serve_suite", suite)
     assert main(["serve-bench", "--quick", "--threads", "2"]) == 0
     assert seen == [["--quick", "--threads", "2"]]
+
+
+def test_serve_bench_help_explains_every_option(capsys):
+    # a newcomer's questions: what does each flag do, what is the default, where do the files go, how long
+    with pytest.raises(SystemExit):
+        serve_suite.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for needed in ("--models", "gpt2-small has random weights", "make vllm-bench", "relative to the current directory",
+                   "serve_quick_", "a few minutes"):
+        assert needed in out, f"serve-bench --help does not say {needed!r}"

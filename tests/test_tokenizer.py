@@ -127,6 +127,25 @@ def test_gpt2_pieces_keep_unknown_ids_visible(tiny_bpe_dir):
     assert tok.pieces(ids) == ["he", "ll", "o", " w", "o", "r", "l", "d", "<5000>", "<|endoftext|>"]
 
 
+def test_gpt2_decode_refuses_an_id_missing_from_a_sparse_vocabulary(tmp_path):
+    # chapter 09's offline stand-in: GPT-2's 256 byte ids and <|endoftext|> = 50256, nothing in between. An id
+    # below the largest one but absent (300) used to vanish from decode()'s text without a word.
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2TokenizerFast
+
+    byte_ids = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    bpe = Tokenizer(models.BPE(byte_ids | {"<|endoftext|>": 50256}, merges=[]))
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    tok = GPT2Tokenizer(tmp_path)
+    ids = tok.encode("hi") + [300, 50256]
+    with pytest.raises(ValueError, match=r"ids contains 300, which this tokenizer has no entry for \(257 known ids"):
+        tok.decode(ids)
+    assert tok.pieces(ids) == ["h", "i", "<300>", "<|endoftext|>"]
+    assert tok.decode([i for i, p in zip(ids, tok.pieces(ids)) if p != f"<{i}>"]) == "hi<|endoftext|>"
+
+
 @pytest.fixture(scope="module")
 def tiny_tok(tiny_bpe_dir):
     pytest.importorskip("transformers")

@@ -56,8 +56,10 @@ def plot_peers(df: pd.DataFrame, cpu: str):
     """Decode ms/token of every engine, one panel per model, bars per (threads, batch), the floor dashed."""
     import matplotlib.pyplot as plt
 
+    from ..plots.style import legend_below
+
     models = list(df.model.drop_duplicates())
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         table = peer_table(df[df.model == model])
         table.index = [f"{t} thr, B={b}" for _, t, b in table.index]
@@ -67,7 +69,8 @@ def plot_peers(df: pd.DataFrame, cpu: str):
             ax.hlines(floor, i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
         ax.set_title(f"{model}: decode ms/token (dashed: bandwidth floor)", fontsize=10)
         ax.set_ylabel("ms per token (log)")
-        ax.legend(fontsize=7, ncol=2)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()  # one legend for both panels, under them: never over the bars
     fig.suptitle(f"kvgpt and peer engines, fp32, greedy, identical weights — {cpu}", fontsize=10)
-    fig.tight_layout()
+    legend_below(fig, handles, labels, ncol=5, fontsize=7)
     return fig

@@ -182,12 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m kvgpt serve-bench [--quick] [--out DIR] [--threads N] [--vllm JSON]`."""
     from .report import write_results
 
-    parser = argparse.ArgumentParser(prog="kvgpt serve-bench", description="Serving benchmarks (chapter 11).")
-    parser.add_argument("--quick", action="store_true", help="small workloads, well under a minute")
-    parser.add_argument("--out", default="figures", help="directory for CSV, PNG and meta JSON (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="kvgpt serve-bench",
+        description="Serving benchmarks (chapters 10-11): static batching, kvgpt's LLMEngine and vLLM (when its results "
+                    "exist) serve the same seeded requests; writes CSV, PNG and meta JSON. A full run takes a few minutes "
+                    "on 2 cores, most of it GPT-2-small; --quick well under a minute.",
+        epilog="make serve-bench runs `make vllm-bench` first (vLLM in .venv-vllm), then this; on an idle machine.")
+    parser.add_argument("--quick", action="store_true", help="small workloads, well under a minute; files named serve_quick_*")
+    parser.add_argument("--out", default="figures",
+                        help="directory for CSV, PNG and meta JSON, relative to the current directory (default: "
+                             "%(default)s: a full run from the repository root rewrites the stored figures/serve_* that "
+                             "chapter 11 and docs/benchmarks.md read)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--vllm", default=None, help="vLLM results JSON (default: OUT/serve[_quick]_vllm.json)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
+                        help=f"models to serve, of {', '.join(MODELS)} (default: all; gpt2-small has random weights)")
+    parser.add_argument("--vllm", default=None,
+                        help="vLLM's results for the same requests, written by `make vllm-bench` (.venv-vllm/bin/python "
+                             "peers/vllm/bench.py); default: OUT/serve[_quick]_vllm.json; without it no vLLM rows")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: must be >= 1")

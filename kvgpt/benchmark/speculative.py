@@ -1,17 +1,21 @@
-"""Speculative decoding's speedup against k, with the break-even acceptance rate measured beside it.
+"""Speculative decoding's speedup against k, explained by a cost model measured inside the generator's own loop.
 
-The model (Leviathan et al. 2023, section 3): if each draft is accepted with probability a, independently,
-a round of k drafts yields E = (1 - a^(k+1)) / (1 - a) new tokens (the accepted prefix + 1). It costs k
-draft passes and one verify pass over k + 1 tokens; in units of one plain decode step, k*c + v_k with
-c = draft pass / target step and v_k = verify pass / target step (v_k = 1 on a GPU that is memory-bound,
-more on a CPU, where k + 1 tokens cost more than one). So
+The model (Leviathan et al. 2023, section 3): a round of k drafts costs k draft passes and one verify pass
+over k + 1 tokens; in units of one plain decode step t (the plain generator's whole loop per token, sampler
+included), k*c + v_k. It yields tokens_per_pass new tokens, so
 
-    speedup = E / (k*c + v_k),  and speculation pays only when a exceeds the break-even a* with E(a*) = k*c + v_k.
+    speedup = tokens_per_pass / (k*c + v_k).
 
-For k = 1 and v = 1 this is a* = c: a draft half as expensive as the target must be right half the time.
-Every time is measured twice: wall clock (time.perf_counter) and CPU time of this process
-(time.process_time; with one thread it ignores the time other processes hold the cores). The cost ratios
-c and v_k, and so the break-even, come from CPU time: on a shared machine they are far steadier.
+c, v_k and t are timed on the same footing: every repeat runs the plain generator and then the speculative one,
+back to back; c = the speculative loop's drafting time per drafted token / t, v_k = its verify time per pass
+(target prefill over k + 1 tokens, the accept rule, both crops) / t. What the model leaves out (the loop's
+glue, allocating the caches) is the residual, measured / predicted - 1, reported beside it.
+
+If every draft were accepted with the same probability a, independently, a round would yield
+E = (1 - a^(k+1)) / (1 - a) tokens. The a those formulas assume is per position: accepted drafts / drafts
+examined (draft i is examined only when drafts 1 .. i-1 were accepted), not accepted / drafted, which counts
+drafts after the first rejection that nobody looked at and so runs low. Both are reported; the per-position
+rates (spec_positions.csv) show where independence fails.
 Introduced in notebooks/13_speculative_decoding.ipynb.
 """
 
@@ -24,89 +28,77 @@ import pandas as pd
 import torch
 
 from ..generation import AutoregressiveGenerator
-from ..cache_manager import KVCacheManager
 from ..plots.speculative import break_even_alpha, expected_tokens_per_pass
 from ..speculative import SpeculativeGenerator
 
 
-def _median_ms(fn, repeats: int) -> tuple[float, float]:
-    """-> (median wall ms, median CPU ms) of `repeats` calls."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append((time.perf_counter() - t) * 1e3)
-        cpu.append((time.process_time() - c) * 1e3)
-    return statistics.median(wall), statistics.median(cpu)
+def position_counts(rounds: list[dict]) -> tuple[list[int], list[int]]:
+    """Per draft position i = 1 .. K: (rounds that examined draft i, rounds that accepted it).
 
-
-@torch.inference_mode()
-def pass_costs(target, draft_model, prompt: list, ks, repeats: int = 30) -> dict:
-    """Median CPU ms of one target decode step, one draft decode step and one verify pass (T = k + 1) per k,
-    all at the prompt's position. -> {"target_step": ms, "draft_step": ms or None, "verify": {k: ms}}.
-
+    Draft i is examined only when drafts 1 .. i-1 were all accepted: after the first rejection the target's
+    token replaces the rest. rounds: SpeculativeStats.rounds ({"drafts": [...], "accepted": n}).
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
-    ids = torch.tensor([prompt])
+    k = max((len(r["drafts"]) for r in rounds), default=0)
+    reached, accepted = [0] * k, [0] * k
+    for r in rounds:
+        for i in range(min(len(r["drafts"]), r["accepted"] + 1)):
+            reached[i] += 1
+        for i in range(r["accepted"]):
+            accepted[i] += 1
+    return reached, accepted
 
-    def step_ms(model):
-        cache = KVCacheManager(model.config, 1, "static")
-        model.prefill(ids, cache)
 
-        def step():
-            model.forward_step(torch.tensor([1]), cache.length, cache)
-            cache.crop(len(prompt))  # back to the prompt: every step at the same position
-        return _median_ms(step, repeats)[1]
-
-    cache = KVCacheManager(target.config, 1, "static")
-    target.prefill(ids, cache)
-    verify = {}
-    for k in ks:
-        block = torch.ones(1, k + 1, dtype=torch.long)
-
-        def run():
-            target.prefill(block, cache)
-            cache.crop(len(prompt))
-        verify[k] = _median_ms(run, repeats)[1]
-    return {"target_step": step_ms(target), "draft_step": None if draft_model is None else step_ms(draft_model),
-            "verify": verify}
+def _paired_run(plain, spec, prompt: list, max_new_tokens: int, k: int, sampler) -> dict:
+    """One plain generation, then one speculative generation, timed the same way (perf_counter, ms)."""
+    t = time.perf_counter()
+    n = len(plain.generate(prompt, max_new_tokens, sampler)) - len(prompt)
+    step = (time.perf_counter() - t) * 1e3 / n  # t: the plain loop's ms per token
+    t = time.perf_counter()
+    spec.generate(prompt, max_new_tokens, k, sampler)
+    total, s = (time.perf_counter() - t) * 1e3, spec.last_stats
+    return {"step_ms": step, "speedup": step * s.new_tokens / total,
+            "c": s.draft_ms / s.drafted / step if s.drafted else 0.0, "v": s.target_ms / s.target_passes / step,
+            "other": (total - s.draft_ms - s.target_ms) / s.target_passes / step}
 
 
 def speculative_sweep(target, drafts: dict, prompt: list, max_new_tokens: int, ks=range(1, 9), sampler=None,
-                      repeats: int = 3) -> pd.DataFrame:
-    """Greedy (or sampled) generation with each draft source and k, timed against plain decoding.
+                      repeats: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Greedy (or sampled) generation with each draft source and k, each repeat paired with plain decoding.
 
-    drafts: {label: "ngram" or a draft model}. One row per (source, k): acceptance, tokens_per_pass, wall and
-    CPU ms per new token (medians of `repeats` whole generations; plain_* for plain decoding), speedup and
-    cpu_speedup (plain / speculative), c and v_k (CPU), predicted_speedup = tokens_per_pass / (k c + v_k)
-    and break_even, the acceptance rate at which E(a) = k c + v_k.
+    drafts: {label: "ngram" or a draft model}. -> (one row per (source, k), one row per (source, k, position)).
+    Rows: acceptance per position (accepted / examined) and per drafted token, tokens_per_pass and the i.i.d.
+    formula's value at each acceptance, speedup (median of paired repeats), c, v, other (glue per pass, all in
+    plain steps), predicted_speedup = tokens_per_pass / (drafts_per_round * c + v), residual = speedup /
+    predicted - 1, break_even (the per-position acceptance at which the i.i.d. E equals the round's cost).
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
     plain = AutoregressiveGenerator(target)
-    out = plain.generate(prompt, max_new_tokens, sampler)
-    plain_wall, plain_cpu = (t / max_new_tokens for t in
-                             _median_ms(lambda: plain.generate(prompt, max_new_tokens, sampler), repeats))
-    rows = []
+    plain.generate(prompt, 8, sampler)  # warm-up: one-off first-call costs are not decoding
+    rows, positions = [], []
     for label, draft in drafts.items():
-        model = draft if isinstance(draft, torch.nn.Module) else None
-        costs = pass_costs(target, model, prompt, ks)
         gen = SpeculativeGenerator(target, draft)
+        gen.generate(prompt, 8, 1, sampler)
         for k in ks:
-            wall, cpu = (t / max_new_tokens for t in
-                         _median_ms(lambda: gen.generate(prompt, max_new_tokens, k, sampler), repeats))
-            s = gen.last_stats
-            if model is not None:
-                c = costs["draft_step"] / costs["target_step"]
-            else:  # one lookup per round drafts k slots: its CPU cost on the whole output, per slot
-                c = _median_ms(lambda: gen.draft.propose(out, k), 50)[1] / k / costs["target_step"]
-            v, a = costs["verify"][k] / costs["target_step"], s.acceptance_rate
-            rows.append({"source": label, "k": k, "acceptance": a, "tokens_per_pass": s.tokens_per_target_pass,
-                         "expected_tokens_per_pass": expected_tokens_per_pass(a, k), "ms_per_token": wall,
-                         "plain_ms_per_token": plain_wall, "speedup": plain_wall / wall, "cpu_ms_per_token": cpu,
-                         "plain_cpu_ms_per_token": plain_cpu, "cpu_speedup": plain_cpu / cpu, "c": c, "v": v,
-                         "predicted_speedup": s.tokens_per_target_pass / (k * c + v),
-                         "break_even": break_even_alpha(k, k * c + v)})
-    return pd.DataFrame(rows)
+            runs = pd.DataFrame([_paired_run(plain, gen, prompt, max_new_tokens, k, sampler) for _ in range(repeats)])
+            s = gen.last_stats  # the same tokens every repeat: greedy, or a seeded sampler
+            reached, accepted = position_counts(s.rounds)
+            per_round = s.drafted / s.target_passes  # k, less when the context or max_new_tokens cut a round
+            c, v, other = (statistics.median(runs[col]) for col in ("c", "v", "other"))
+            a = s.accepted / sum(reached) if sum(reached) else 0.0
+            predicted = s.tokens_per_target_pass / (per_round * c + v)
+            speedup = statistics.median(runs.speedup)
+            rows.append({"source": label, "k": k, "acceptance": a, "accepted_per_drafted": s.acceptance_rate,
+                         "tokens_per_pass": s.tokens_per_target_pass,
+                         "iid_tokens_per_pass": expected_tokens_per_pass(a, k),
+                         "iid_tokens_per_pass_drafted": expected_tokens_per_pass(s.acceptance_rate, k),
+                         "plain_ms_per_token": statistics.median(runs.step_ms), "speedup": speedup,
+                         "c": c, "v": v, "other": other, "predicted_speedup": predicted,
+                         "residual": speedup / predicted - 1, "break_even": break_even_alpha(k, per_round * c + v)})
+            positions += [{"source": label, "k": k, "position": i + 1, "examined": n, "accepted": m,
+                           "acceptance": m / n if n else float("nan")}
+                          for i, (n, m) in enumerate(zip(reached, accepted))]
+    return pd.DataFrame(rows), pd.DataFrame(positions)
 
 
 def chi_square(tokens: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int, float]:

@@ -8,6 +8,7 @@ from .batching import plot_padding_mask
 from .benchmark import plot_engine_latency, plot_position_latency, plot_roofline, plot_throughput
 from .cache import cache_bytes, cached_vs_uncached, kv_cache_fill
 from .decoding import plot_step_latency
+from .loading import plot_logit_gap, scaled_logit_gap
 from .model import architecture_diagram
 from .paging import plot_block_tables, plot_kv_memory
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
@@ -28,6 +29,7 @@ __all__ = [
     "plot_engine_latency",
     "plot_head_sharing",
     "plot_kv_spread",
+    "plot_logit_gap",
     "plot_padding_mask",
     "plot_position_latency",
     "plot_processors",
@@ -35,5 +37,6 @@ __all__ = [
     "plot_step_latency",
     "plot_throughput",
     "position_similarity",
+    "scaled_logit_gap",
     "token_label",
 ]

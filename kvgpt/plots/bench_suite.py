@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..plots.style import plain_log_ticks
+
 COLORS = {"kvgpt no cache": "#bbbbbb", "kvgpt dynamic": "#6baed6", "kvgpt static": "#08519c",
           "hf no cache": "#fdd0a2", "hf dynamic": "#fd8d3c", "hf static": "#a63603"}
 
@@ -20,19 +22,6 @@ def _figure(ncols: int):
     fig = Figure(figsize=(5.5 * ncols, 3.8))
     axes = fig.subplots(1, ncols, squeeze=False)
     return fig, list(axes[0])
-
-
-def _plain_log_ticks(axis) -> None:
-    """Log scale labelled with plain numbers at 1, 2 and 5 per decade (0.5, 1, 2, 5, 10, 20, 50, ...).
-
-    Matplotlib's default labels only powers of ten (and then "6x10^0"-style minor labels): an axis
-    spanning less than a decade, such as 15 to 85 ms, would show no number at all.
-    """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: Path) -> Path:
@@ -48,12 +37,12 @@ def plot_decode(decode: pd.DataFrame):
     for ax, name in zip(axes, models):
         d = decode[decode.model == name]
         ax.barh(d.engine, d.decode_ms_per_token, color=[COLORS.get(e, "gray") for e in d.engine])
-        ax.axvline(d.floor_ms.iloc[0], color="k", ls="--", lw=1, label=f"bandwidth floor {d.floor_ms.iloc[0]:.2f} ms")
-        ax.set(xscale="log", xlabel="ms per generated token (lower is better)",
-               title=f"{name}: batch 1, {d.new_tokens.iloc[0]} new tokens")
-        _plain_log_ticks(ax.xaxis)
+        ax.axvline(d.floor_ms.iloc[0], color="k", ls="--", lw=1)  # labelled in the title: a legend would cover bars
+        ax.set(xscale="log", xlabel="ms per generated token (lower is better)")
+        ax.set_title(f"{name}: batch 1, {d.new_tokens.iloc[0]} new tokens\n"
+                     f"dashed: bandwidth floor {d.floor_ms.iloc[0]:.2f} ms", fontsize=10)
+        plain_log_ticks(ax.xaxis)
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
     return fig
 
 
@@ -71,7 +60,7 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # the measured x values
         ax.xaxis.set_minor_formatter(NullFormatter())
         if logy:
-            _plain_log_ticks(ax.yaxis)
+            plain_log_ticks(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     return fig

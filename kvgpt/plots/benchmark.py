@@ -5,6 +5,8 @@ matplotlib is imported inside the functions: the engine itself never needs it.
 
 from __future__ import annotations
 
+from .style import plain_log_ticks
+
 
 def _engine_lines(ax, df, x: str, y: str) -> None:
     """One line per engine of a benchmark table, in kvgpt.benchmark's engine colours."""
@@ -14,12 +16,11 @@ def _engine_lines(ax, df, x: str, y: str) -> None:
 
     for engine, d in df.groupby("engine", sort=False):
         _ = ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
-    from .bench_suite import _plain_log_ticks
 
     ticks = sorted(df[x].unique())
     ax.set(xscale="log", yscale="log", xticks=ticks, xticklabels=[str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())  # only the measured x values are labelled
-    _plain_log_ticks(ax.yaxis)  # 0.5, 1, 2, 5 ... instead of "6x10^0"
+    plain_log_ticks(ax.yaxis)  # 0.5, 1, 2, 5 ... instead of "6x10^0"
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -95,7 +96,6 @@ def plot_roofline(points, peak_gflops: float, bandwidth_gbs: float, title: str =
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .bench_suite import _plain_log_ticks
 
     ridge = peak_gflops / bandwidth_gbs
     lo = min(0.1, float(points.intensity.min()) / 2)
@@ -117,8 +117,8 @@ def plot_roofline(points, peak_gflops: float, bandwidth_gbs: float, title: str =
                             xytext=(6, -12 - 9 * stack) if i else (4, 4), fontsize=7, color=f"C{i}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte read)",
            ylabel="GFLOP/s achieved", title=title, xlim=(lo, hi))
-    _plain_log_ticks(ax.xaxis)
-    _plain_log_ticks(ax.yaxis)
+    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.yaxis)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

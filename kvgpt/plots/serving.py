@@ -1,12 +1,16 @@
 """Serving pictures for chapter 11: rows joining and leaving over steps, KV memory reserved vs used, throughput.
 
-matplotlib is imported inside the functions (bare Figures, Agg on save): the engine itself never needs it.
+matplotlib is imported inside the functions: the engine itself never needs it. They return bare Figures (off
+pyplot's global state, so serve-bench can save them from a script): end the cell with `fig`, or display(fig);
+kvgpt.notebook.setup() turns on inline figures so they are stored as PNGs. plt.show() shows only pyplot figures.
 Introduced in notebooks/11_continuous_batching.ipynb.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .style import legend_below, plain_log_ticks
 
 ENGINE_COLORS = {"static batching (Part I)": "#9ecae1", "continuous batching (kvgpt LLMEngine)": "#08519c",
                  "vLLM": "#fd8d3c"}
@@ -43,7 +47,7 @@ def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | No
     legend = [Patch(color="#08519c", label="made a token")]
     if wasted:
         legend.append(Patch(color="#fd8d3c", label="ran, nothing asked for (wasted row-step)"))
-    ax.legend(handles=legend, loc="upper right", fontsize=8, framealpha=0.9)
+    legend_below(fig, legend, [p.get_label() for p in legend])
     return fig
 
 
@@ -64,7 +68,7 @@ def plot_kv_memory(memory):
     ax.invert_yaxis()
     ax.set(xlabel="KV cache MB", title="KV memory: reserved vs used")
     ax.set_xlim(0, memory.reserved_bytes.max() / 2**20 * 1.25)
-    ax.legend(fontsize=8, loc="lower right")
+    legend_below(fig, *ax.get_legend_handles_labels())
     return fig
 
 
@@ -88,8 +92,9 @@ def plot_serving(throughput):
             ax.bar(xs, vals, width, color=ENGINE_COLORS[engine], label=engine)
         ax.set_xticks(range(len(models)), models, fontsize=8)
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
         ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower left")
+    legend_below(fig, *axes[0].get_legend_handles_labels())
     return fig
 
 
@@ -103,7 +108,6 @@ def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> li
     figs["gantt"] = plot_row_gantt(steps, title=f"{first.model.iloc[0]}: continuous batching, rows per step")
     paths = []
     for name, fig in figs.items():
-        fig.tight_layout()
         path = Path(out) / f"{prefix}{name}.png"
         fig.savefig(path, dpi=100, metadata={"Software": None})
         paths.append(path)

@@ -59,7 +59,7 @@ def plot_kv_spread(keys: torch.Tensor, values: torch.Tensor, title: str = ""):
         axes[0, col].set(title=f"{name}: max |x| per channel", xlabel="channel (head * D + d)", ylabel="max |x|")
         per_token = x.abs().amax(dim=-1).reshape(-1)  # (B * H * S,)
         _ = axes[1, col].hist(per_token.tolist(), bins=40, color="#dd8452")
-        axes[1, col].set(title=f"{name}: max |x| per token and head (its int8 scale x 127)", xlabel="max |x|",
+        axes[1, col].set(title=f"{name}: max |x| per (token, head)", xlabel="max |x| (= its int8 scale x 127)",
                          ylabel="count")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -17,6 +17,19 @@ def expected_tokens_per_pass(alpha: float, k: int) -> float:
     return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
+def chained_tokens_per_pass(rates) -> float:
+    """Tokens per pass from per-position acceptance rates a_1 .. a_k (a_i = P(accept draft i | 1 .. i-1 accepted)):
+    1 + a_1 + a_1 a_2 + ... + a_1 ... a_k. Equal to expected_tokens_per_pass(a, k) when every a_i = a.
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    total, reach = 1.0, 1.0
+    for a in rates:
+        reach *= a
+        total += reach
+    return total
+
+
 def break_even_alpha(k: int, cost: float) -> float:
     """The acceptance rate at which speculation pays exactly: expected_tokens_per_pass(alpha, k) = cost.
 
@@ -78,59 +91,78 @@ def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
     return fig
 
 
-def plot_acceptance(df, title: str = "Acceptance and tokens per target pass"):
-    """Two panels against k, one line per draft source: acceptance rate, and tokens per target pass with
-    the i.i.d. prediction (1 - a^(k+1)) / (1 - a) dashed. df columns: source, k, acceptance, tokens_per_pass.
+def plot_acceptance(df, positions=None, title: str = "Acceptance and tokens per target pass", min_examined: int = 10):
+    """Left: acceptance per draft position (accepted / examined) at the largest k, one line per source;
+    right: measured tokens per target pass against k, with the i.i.d. formula (1 - a^(k+1)) / (1 - a) at the
+    per-position acceptance (dashed) and at accepted / drafted (dotted). Legends sit under the axes.
 
-    Introduced in notebooks/13_speculative_decoding.ipynb.
+    df: speculative_sweep rows (source, k, tokens_per_pass, acceptance, accepted_per_drafted); positions: its
+    per-position rows (source, k, position, examined, acceptance); positions examined fewer than min_examined
+    times are left out. Without positions the left panel shows acceptance against k. Introduced in notebooks/13_speculative_decoding.ipynb.
     """
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    from .style import legend_below
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    handles, labels = [], []
     for source, d in df.groupby("source", sort=False):
         d = d.sort_values("k")
-        line = left.plot(d.k, d.acceptance, marker="o", label=source)[0]
-        _ = right.plot(d.k, d.tokens_per_pass, marker="o", color=line.get_color(), label=f"{source}: measured")
-        _ = right.plot(d.k, [expected_tokens_per_pass(a, k) for a, k in zip(d.acceptance, d.k)], ls="--",
-                       color=line.get_color(), lw=1)
-    left.set(xlabel="k (draft tokens per round)", ylabel="acceptance rate", ylim=(0, 1.05), title="accepted / drafted")
+        if positions is not None:
+            p = positions[(positions.source == source) & (positions.k == d.k.max())]
+            p = p[p.examined >= min_examined]  # a rate from a handful of rounds is noise
+            line = left.plot(p.position, p.acceptance, marker="o")[0]
+        else:
+            line = left.plot(d.k, d.acceptance, marker="o")[0]
+        color = line.get_color()
+        _ = right.plot(d.k, d.tokens_per_pass, marker="o", color=color)
+        _ = right.plot(d.k, [expected_tokens_per_pass(a, k) for a, k in zip(d.acceptance, d.k)], ls="--", color=color,
+                       lw=1)
+        if "accepted_per_drafted" in d:
+            _ = right.plot(d.k, [expected_tokens_per_pass(a, k) for a, k in zip(d.accepted_per_drafted, d.k)], ls=":",
+                           color=color, lw=1)
+        handles.append(line)
+        labels.append(source)
+    k_max = int(df.k.max())
+    left.set(xlabel=f"draft position i (k = {k_max}; i examined >= {min_examined} times)" if positions is not None
+             else "k (draft tokens per round)",
+             ylabel="acceptance", ylim=(0, 1.05),
+             title="accepted at i / rounds that reached i" if positions is not None else "acceptance")
     right.set(xlabel="k (draft tokens per round)", ylabel="new tokens per target pass",
-              title="dashed: (1 - a^(k+1)) / (1 - a)")
+              title="solid: measured, dashed / dotted: i.i.d. formula")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    style = [plt.Line2D([], [], color="k", marker="o"), plt.Line2D([], [], color="k", ls="--", lw=1),
+             plt.Line2D([], [], color="k", ls=":", lw=1)]
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    legend_below(fig, handles + style, labels + ["measured", "i.i.d., per-position a", "i.i.d., accepted / drafted"],
+                 ncol=min(4, len(labels) + 3))
     return fig
 
 
 def plot_speedup(df, note: str = "", title: str = "Wall-clock speedup over plain decoding"):
-    """Speedup vs k per draft source (1 = break-even, dotted). df columns: source, k, speedup (wall clock), and
-    optionally cpu_speedup (CPU time, dashed), break_even (the acceptance rate needed at that k) and
-    acceptance, written beside each point.
+    """Measured speedup vs k per draft source (solid), and the cost model's tokens_per_pass / (k c + v_k)
+    (dashed, open markers) when df has predicted_speedup; 1 = break-even (dotted). `note` names the machine.
 
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from .style import legend_below
+
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    handles, labels = [], []
     for source, d in df.groupby("source", sort=False):
         d = d.sort_values("k")
-        line = ax.plot(d.k, d.speedup, marker="o", label=f"{source}: wall clock")[0]
-        if "cpu_speedup" in d:
-            _ = ax.plot(d.k, d.cpu_speedup, marker="s", ms=3, ls="--", color=line.get_color(),
-                        label=f"{source}: CPU time")
-        if "break_even" in d:
-            for k, s, a, b in zip(d.k, d.speedup, d.acceptance, d.break_even):
-                _ = ax.annotate(f"a={a:.2f}\nneed {b:.2f}", (k, s), fontsize=6, textcoords="offset points",
-                                xytext=(0, 6), ha="center")
+        line = ax.plot(d.k, d.speedup, marker="o")[0]
+        handles.append(line)
+        labels.append(f"{source}: measured")
+        if "predicted_speedup" in d:
+            handles.append(ax.plot(d.k, d.predicted_speedup, marker="o", mfc="none", ls="--", lw=1,
+                                   color=line.get_color())[0])
+            labels.append(f"{source}: cost model")
     ax.axhline(1.0, color="k", ls=":", lw=1)
     ax.set(xlabel="k (draft tokens per round)", ylabel="speedup (plain ms per token / speculative)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7)
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
-    else:
-        fig.tight_layout()
+    legend_below(fig, handles, labels, ncol=2, note=note)
     return fig
