@@ -203,6 +203,43 @@ def check_config(name: str, config):
     return config
 
 
+def check_model(name: str, model):
+    """A kvgpt MiniGPTInferenceModel (None, a name, a ModelConfig or another library's nn.Module are refused by name,
+    not met later as an AttributeError)."""
+    from .model import MiniGPTInferenceModel
+
+    if not isinstance(model, MiniGPTInferenceModel):
+        fail_type(name, model, "a kvgpt MiniGPTInferenceModel (load_pretrained(...) or MiniGPTInferenceModel(config))")
+    return model
+
+
+def available_bytes(device) -> int | None:
+    """Bytes a new allocation on `device` can take now (None = the CPU): the kernel's MemAvailable on Linux (else
+    physical memory), CUDA's free memory; None when unknown (meta holds no bytes, other backends do not say)."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_allocation(what: str, nbytes: int, device) -> None:
+    """Raise ValueError, before allocating, when `what` (the arguments that size it, named) would need more bytes
+    than `device` has available: a clear refusal instead of a MemoryError, an overflow or the OOM killer."""
+    free = available_bytes(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what}: would need {nbytes:,} bytes ({nbytes / 2**30:.3g} GiB) but "
+                         f"{'the CPU' if device is None else device} has {free:,} bytes ({free / 2**30:.3g} GiB) available")
+
+
 def check_path(name: str, value) -> str:
     """A non-empty str or os.PathLike -> str. "" would mean the current directory: never what was meant."""
     if not isinstance(value, (str, os.PathLike)):

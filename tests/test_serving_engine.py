@@ -199,7 +199,7 @@ def test_invalid_requests_raise_before_any_state_changes():
             engine.add_request(prompt, n, sampler, eos)
     with pytest.raises(ValueError, match="one per prompt"):
         engine.generate([[1], [2]], [1, 2, 3])
-    with pytest.raises(ValueError, match="prompt=\\[\\]"):
+    with pytest.raises(ValueError, match="prompts\\[1\\]=\\[\\]"):
         engine.generate([[1], []], 2)  # the first prompt is not queued either
     assert not engine.has_unfinished() and engine.requests == {} and engine._next_id == 0
     for name, kwargs in [("block_size", {"block_size": 0}), ("max_num_seqs", {"max_num_seqs": True}),

@@ -1,0 +1,77 @@
+"""Who receives each request's outputs: one box per reader, so every token reaches exactly one consumer.
+
+A step runs every scheduled request, whoever asked for it; its outputs wait here for their owner. Requests
+queued by add_request() belong to the SHARED box, which step() and stream() (without prompts) read; a
+generate() call and a stream(prompts) each open a private box for their own requests. generate() running
+while a stream is open (or while add_request'ed requests wait) therefore steps them too, and their tokens
+wait for their reader instead of being dropped.
+Introduced in notebooks/11_continuous_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+SHARED = 0  # the box of add_request()'s requests
+
+
+class Outbox:
+    """Boxes of undelivered outputs by reader; which box each unfinished request's outputs go to.
+
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+
+    def __init__(self) -> None:
+        self.boxes: dict[int, deque] = {SHARED: deque()}
+        self.owner: dict[int, int] = {}  # unfinished request id -> its box
+        self.open_requests: dict[int, int] = {SHARED: 0}  # box -> how many of its requests are unfinished
+        self.abandoned: list[int] = []  # boxes whose reader left while the engine was busy: closed next step
+        self._next = SHARED + 1
+
+    def open(self) -> int:
+        """A new private box -> its id."""
+        box, self._next = self._next, self._next + 1
+        self.boxes[box], self.open_requests[box] = deque(), 0
+        return box
+
+    def assign(self, request_id: int, box: int) -> None:
+        self.owner[request_id] = box
+        self.open_requests[box] += 1
+
+    def put(self, out) -> None:
+        """File a StepOutput in its request's box; a finished request leaves the routing table."""
+        box = self.owner[out.request_id]
+        self.boxes[box].append(out)
+        if out.finished:
+            del self.owner[out.request_id]
+            self.open_requests[box] -= 1
+
+    def forget(self, request_id: int) -> None:
+        """A request ended without a last output (its reader left): stop routing it."""
+        box = self.owner.pop(request_id)
+        self.open_requests[box] -= 1
+
+    def take(self, box: int) -> list:
+        """Every output waiting in `box`, oldest first; the box is left empty."""
+        queue = self.boxes.get(box)
+        if not queue:
+            return []
+        out = list(queue)
+        queue.clear()
+        return out
+
+    def give_back(self, box: int, outs) -> None:
+        """Outputs taken but not delivered (the reader left mid-way) go back to the front of their box."""
+        if box in self.boxes:
+            self.boxes[box].extendleft(reversed(list(outs)))
+
+    def unfinished(self, box: int) -> bool:
+        """True while a request of `box` can still make an output."""
+        return self.open_requests.get(box, 0) > 0
+
+    def close(self, box: int) -> list[int]:
+        """Drop a private box and what waits in it -> ids of its requests still unfinished (to be cancelled)."""
+        if box == SHARED or box not in self.boxes:
+            return []
+        del self.boxes[box]
+        return [rid for rid, b in self.owner.items() if b == box]
