@@ -288,18 +288,16 @@ class LLMEngine:
         return reader
 
     def _stream(self, box: int):
-        waiting: list = []
         try:
             while True:
-                waiting = self.outbox.take(box)
-                if not waiting and not self.outbox.unfinished(box):
-                    return
-                if not waiting:
+                out = self.outbox.pop(box)  # one at a time: a paused stream holds nothing another reader could want
+                if out is not None:
+                    yield out
+                elif self.outbox.unfinished(box):
                     self._advance()
-                while waiting:
-                    yield waiting.pop(0)
+                else:
+                    return
         finally:
-            self.outbox.give_back(box, waiting)  # taken, never delivered: the next reader of the box gets them
             self._cancel(box)
 
     def reset_stats(self) -> None:

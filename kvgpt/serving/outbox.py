@@ -60,10 +60,10 @@ class Outbox:
         queue.clear()
         return out
 
-    def give_back(self, box: int, outs) -> None:
-        """Outputs taken but not delivered (the reader left mid-way) go back to the front of their box."""
-        if box in self.boxes:
-            self.boxes[box].extendleft(reversed(list(outs)))
+    def pop(self, box: int):
+        """The oldest output waiting in `box`, or None."""
+        queue = self.boxes.get(box)
+        return queue.popleft() if queue else None
 
     def unfinished(self, box: int) -> bool:
         """True while a request of `box` can still make an output."""
