@@ -53,15 +53,24 @@ def _tensor_state(t):
 
 def snapshot(*objs):
     """Everything a refused call must leave unchanged, as comparable values: a KVCacheManager's length, padding
-    and every layer's length, capacity and buffers (address and bytes, stale slots included); a cache's the same;
-    a torch.Generator's state; a Sampler's knobs, seed and own generators; an AutoregressiveGenerator's last_stats."""
+    and every layer's length, capacity and buffers (address and bytes, stale slots included); a cache's the same
+    (an int8 cache's payloads, scales and exact window); a torch.Generator's state; a Sampler's knobs, seed and
+    own generators; an AutoregressiveGenerator's last_stats; a PagedKVCache's tables, lengths, hashes, pools and
+    allocator; a BlockAllocator's every table; an LLMEngine's requests, queues, undelivered outputs, stats and cache;
+    a SpeculativeGenerator's last_stats and draft source."""
     from kvgpt import AutoregressiveGenerator, KVCache, KVCacheManager, Sampler
+    from kvgpt.quantized_cache import Int8KVCache
+    from kvgpt.serving import BlockAllocator, LLMEngine, PagedKVCache
+    from kvgpt.speculative import SpeculativeGenerator
 
     out = []
     for o in objs:
         if isinstance(o, KVCacheManager):
             out.append(("manager", o.length, o.batch_size, o.kind, o.capacity, _tensor_state(o.pad_lengths),
                         snapshot(*o.layer_caches)))
+        elif isinstance(o, Int8KVCache):
+            out.append(("int8", o.length, o.capacity, o.window, o.dtype,
+                        [_tensor_state(t) for t in o.stored_tensors()]))
         elif isinstance(o, KVCache):
             out.append((type(o).__name__, o.length, o.capacity, _tensor_state(o._k), _tensor_state(o._v)))
         elif isinstance(o, torch.Generator):
@@ -70,6 +79,23 @@ def snapshot(*objs):
             out.append(("sampler", dict(o.knobs), o.seed, snapshot(*o._own)))
         elif isinstance(o, AutoregressiveGenerator):
             out.append(("autoregressive", o.last_stats))
+        elif isinstance(o, BlockAllocator):
+            out.append(("allocator", list(o.ref_counts), {b: list(h) for b, h in o.holders.items()}, list(o.free_ids),
+                        list(o.cached), dict(o.hash_of), dict(o.table), dict(o.content)))
+        elif isinstance(o, PagedKVCache):
+            out.append(("paged", {s: list(t) for s, t in o.tables.items()}, dict(o.lengths),
+                        {s: list(h) for s, h in o.hashes.items()}, o.prefix_caching, snapshot(o.allocator),
+                        [_tensor_state(p) for p in o.k_pools + o.v_pools]))
+        elif isinstance(o, LLMEngine):
+            seqs = {rid: (list(q.tokens), q.num_computed, q.finish_reason, _tensor_state(q.seen),
+                          None if q.generator is None else snapshot(q.generator)) for rid, q in o.requests.items()}
+            out.append(("engine", o._next_id, seqs, [q.request_id for q in o.scheduler.waiting],
+                        [q.request_id for q in o.scheduler.running], {b: list(q) for b, q in o.outbox.boxes.items()},
+                        dict(o.outbox.owner), dict(o.outbox.open_requests), vars(o.stats).copy(), snapshot(o.cache)))
+        elif isinstance(o, SpeculativeGenerator):
+            cache = getattr(o.draft, "cache", None)
+            out.append(("speculative", o.last_stats, type(o.draft).__name__, getattr(o.draft, "cached", None),
+                        None if cache is None else snapshot(cache)))
         else:
             raise TypeError(f"snapshot: no rule for {type(o).__name__}")
     return tuple(out)

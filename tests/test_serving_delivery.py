@@ -99,6 +99,7 @@ def test_every_token_reaches_exactly_the_reader_of_its_request(ops, block_size, 
         elif op[0] == "close" and op[1] < len(streams):
             streams[op[1]].close()
             closed |= {rid for rid, r in reader_of.items() if r == f"stream {op[1]}"}
+            assert not closed & set(engine.requests), "a closed stream's requests must end (aborted)"
     for i, stream in enumerate(streams):  # the end: every reader reads what is left
         for out in stream:
             deliver(out, f"stream {i}")
