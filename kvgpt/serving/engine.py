@@ -10,7 +10,6 @@ Introduced in notebooks/10_paged_attention.ipynb.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from ..batching import check_token_ids
 from ..sampling import Sampler, greedy, row_generators, seen_mask
 from ..validation import ID_DTYPES, check_allocation, check_bool, check_model, check_positive_int, fail_type, is_int
 from .blocks import NoFreeBlocksError
-from .outbox import SHARED, Outbox
+from .outbox import SHARED, Outbox, Reader
 from .paged import PagedKVCache
 from .scheduler import EngineStats, Scheduler, Sequence
 
@@ -278,14 +277,12 @@ class LLMEngine:
             for name, value in (("max_new_tokens", max_new_tokens), ("sampler", sampler), ("eos_token_id", eos_token_id)):
                 if value is not None:
                     raise ValueError(f"{name}={value!r} without prompts: stream() alone reads add_request()'s requests")
-            return self._stream(SHARED)
+            return Reader(self._stream(SHARED), self._cancel, SHARED)
         seqs = self._requests(prompts, max_new_tokens, sampler, eos_token_id)
         box = self.outbox.open()
         for seq in seqs:
             self._enqueue(seq, box)
-        reader = self._stream(box)
-        weakref.finalize(reader, self._cancel, box)  # dropped without being closed or exhausted: abort its requests
-        return reader
+        return Reader(self._stream(box), self._cancel, box)
 
     def _stream(self, box: int):
         try:

@@ -10,6 +10,7 @@ Introduced in notebooks/11_continuous_batching.ipynb.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 
 SHARED = 0  # the box of add_request()'s requests
@@ -75,3 +76,25 @@ class Outbox:
             return []
         del self.boxes[box]
         return [rid for rid, b in self.owner.items() if b == box]
+
+
+class Reader:
+    """The iterator stream() returns: next() reads its box; close() (or being garbage-collected, started or not)
+    tells the engine its reader left, so its own requests are aborted and their blocks freed.
+
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+
+    def __init__(self, outputs, on_close, *args) -> None:
+        self._outputs = outputs  # the generator that steps the engine and pops the box
+        self._closed = weakref.finalize(self, on_close, *args)  # runs once: at close() or at collection
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._outputs)
+
+    def close(self) -> None:
+        self._outputs.close()
+        self._closed()
