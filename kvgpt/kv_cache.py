@@ -53,12 +53,17 @@ class KVCache:
         raise NotImplementedError
 
     def crop(self, length: int) -> None:
-        """Roll back to the first `length` positions (0 <= length <= self.length): later ones are forgotten.
+        """Roll back to the first `length` positions (0 <= length <= self.length): later ones are forgotten, and
+        the cache is then exactly one that was only ever given those positions.
 
         What speculative decoding does after the target rejects drafted tokens.
         Introduced in notebooks/13_speculative_decoding.ipynb.
         """
         raise NotImplementedError
+
+    def check_crop(self, length) -> None:
+        """Raise ValueError unless crop(length) can be done exactly (checked before any layer changes)."""
+        check_crop_length(length, self.length)
 
     @property
     def keys(self) -> torch.Tensor | None:
@@ -225,14 +230,20 @@ class KVCacheManager:
         self.pad_lengths = None
 
     def crop(self, length: int) -> None:
-        """Roll every layer back to its first `length` slots; the padding of each row is kept.
+        """Roll every layer back to its first `length` slots; the padding of each row is kept, cut to `length`.
 
-        Checked once before any layer changes, so a refused crop leaves every layer as it was.
+        A row whose first `length` slots are all padding keeps no token: its padding becomes `length` slots, so its
+        next token sits at position 0 with nothing before it, exactly as if it had been given no prompt (a left
+        padding longer than the cache would put later tokens at position 0 and hide them from each other).
+        Every layer is checked before any changes, so a refused crop leaves every layer as it was.
         Introduced in notebooks/13_speculative_decoding.ipynb.
         """
-        check_crop_length(length, self.length)
+        for cache in self.layer_caches:
+            cache.check_crop(length)
         for cache in self.layer_caches:
             cache.crop(length)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths.clamp(max=length)
 
     @property
     def length(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import ModelConfig
-from .kv_cache import KVCache, KVCacheManager
+from .kv_cache import KVCache, KVCacheManager, check_crop_length
 
 QMAX = 127  # symmetric int8: -127 .. 127 (dropping -128 keeps the grid symmetric around 0)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -103,6 +103,22 @@ class Int8KVCache(KVCache):
 
     def reset(self):
         self.length = 0  # stale entries beyond length are never read
+
+    def check_crop(self, length) -> None:
+        """Raise ValueError unless crop(length) is exact: the int8 bytes of each position depend on it alone, but
+        the exact window is a ring of the last `window` positions, so a crop that needs positions the ring has
+        overwritten since is refused (an int8 copy there would not be what a fresh cache reads)."""
+        check_crop_length(length, self.length)
+        lost_up_to = self.length - self.window  # positions < this were overwritten in the ring (if >= 0)
+        if self.window and length not in (0, self.length) and max(length - self.window, 0) < lost_up_to:
+            raise ValueError(f"length={length}: this int8 cache keeps the last window={self.window} positions exact "
+                             f"and has overwritten the exact copies of positions < {lost_up_to}; an exact crop can "
+                             f"keep 0, {self.length}, or (with window=0) any length")
+
+    def crop(self, length):
+        """Exact: the cache is then one that was only given the first `length` positions (see check_crop)."""
+        self.check_crop(length)
+        self.length = length  # as reset: the buffers stay, later positions are overwritten by the next append
 
     def stored_tensors(self) -> list[torch.Tensor]:
         """Every tensor the cache keeps (payloads, scales, exact window): what its memory is made of."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from numbers import Integral
 
 import torch
 
 from .batching import check_token_ids, prompt_rows
-from .drafting import as_draft_source
+from .drafting import DraftModel, as_draft_source, check_proposal
 from .kv_cache import KVCacheManager
 from .sampling import Sampler, greedy, row_generators
+from .validation import check_choice, check_int, check_model, fail_type
 
 
 def verify_drafts(p: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor,
@@ -103,9 +103,9 @@ class SpeculativeGenerator:
     """
 
     def __init__(self, target, draft="ngram"):
-        self.target, self.draft = target, as_draft_source(draft)
+        self.target, self.draft = check_model("target", target), as_draft_source(draft)
         inner = getattr(self.draft, "model", None)
-        if inner is not None and inner.config.vocab_size != target.config.vocab_size:
+        if isinstance(self.draft, DraftModel) and inner.config.vocab_size != target.config.vocab_size:
             raise ValueError(f"draft model vocab_size={inner.config.vocab_size} differs from the target's "
                              f"{target.config.vocab_size}: drafts must be target tokens")
         self.last_stats: SpeculativeStats | None = None
@@ -130,17 +130,14 @@ class SpeculativeGenerator:
         if batched:
             raise ValueError(f"prompt: speculative decoding here runs one sequence at a time; "
                              f"got a batch of {len(rows)}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 0")
-        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k < cfg.block_size:
-            raise ValueError(f"k={k!r}: must be an int in 1..{cfg.block_size - 1} (draft tokens per round)")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+        check_int("k", k, 1, cfg.block_size - 1, f"an int in 1..{cfg.block_size - 1} (draft tokens per round)")
         if sampler is not None and not isinstance(sampler, Sampler):
-            raise ValueError(f"sampler={sampler!r}: must be None (greedy) or a kvgpt.sampling.Sampler")
+            fail_type("sampler", sampler, "None (greedy) or a kvgpt.sampling.Sampler")
         if sampler is not None and sampler.knobs["repetition_penalty"] != 1.0:
             raise ValueError("sampler: repetition_penalty must be 1 with speculative decoding (p would depend on "
                              "the drafts being verified)")
-        if cache_kind not in ("static", "dynamic"):
-            raise ValueError(f"cache_kind={cache_kind!r}: must be 'static' or 'dynamic'")
+        check_choice("cache_kind", cache_kind, ("static", "dynamic"))
         if len(rows[0]) + max_new_tokens > cfg.block_size:
             raise ValueError(f"prompt length {len(rows[0])} + max_new_tokens={max_new_tokens} exceeds the target's "
                              f"context block_size={cfg.block_size}")
@@ -174,7 +171,9 @@ class SpeculativeGenerator:
         while stats.new_tokens < max_new:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                drafts, q = self.draft.propose(tokens, min(k, max_new - stats.new_tokens - 1), choose)
+                asked = min(k, max_new - stats.new_tokens - 1)
+                drafts, q = check_proposal(self.draft, self.draft.propose(tokens, asked, choose), asked,
+                                           model.config.vocab_size)  # never trusted: more than asked, bad ids
                 t1 = time.perf_counter()
                 feed = torch.tensor([tokens[cached:] + drafts], device=device)  # (1, T): pending + drafts
                 logits = model.prefill(feed, cache)[:, -len(drafts) - 1:]  # (1, K+1, V) one pass for all
@@ -190,7 +189,7 @@ class SpeculativeGenerator:
             if eos is not None and eos in new:
                 new, stats.stop_reason = new[: new.index(eos) + 1], "eos"
             stats.record({"drafts": drafts, "accepted": n, "target": int(nxt), "cache": (verified, cache.length)},
-                         len(new), self.draft.passes, t0, t1, start)
+                         len(new), getattr(self.draft, "passes", 0), t0, t1, start)
             tokens += new
             yield new
             if stats.stop_reason == "eos":

@@ -17,6 +17,28 @@ def record_diff(name: str, diff: float) -> float:
     return float(diff)
 
 
+LOGIT_RTOL = 1e-5  # fp32
+
+
+def assert_close_logits(got, want, name: str | None = None, rtol: float = LOGIT_RTOL) -> float:
+    """The project's one equality rule for logits: max |got - want| <= rtol * max(1, max |want|), rtol = 1e-5 in fp32.
+
+    Relative to the logit scale because a kernel choice (SDPA's fused path, oneDNN, a different reduction order)
+    moves an fp32 logit by a few ulps of its own size: 1.4e-5 on logits up to 13.9 is 1e-6 relative, a correct
+    result; an absolute 1e-5 would fail it on real GPT-2 logits (|logit| ~ 100) and pass a real bug on tiny ones.
+    The floor of 1 keeps near-zero logits from demanding a zero difference. Records the difference under `name`.
+    Returns the difference.
+    """
+    got, want = torch.as_tensor(got).float(), torch.as_tensor(want).float()
+    assert got.shape == want.shape, f"shapes differ: {tuple(got.shape)} vs {tuple(want.shape)}"
+    diff = (got - want).abs().max().item() if got.numel() else 0.0
+    scale = max(1.0, want.abs().max().item() if want.numel() else 0.0)
+    if name is not None:
+        record_diff(name, diff)
+    assert diff <= rtol * scale, f"logits differ by {diff:.3g} > {rtol:g} x {scale:.3g} (the logit scale)"
+    return diff
+
+
 def random_model(config: ModelConfig, seed: int = 0, std: float = 0.2, dtype=torch.float32) -> MiniGPTInferenceModel:
     """A model whose every parameter is N(0, std): std 0.2 gives logits of realistic spread (|logit| ~ 5-10)."""
     torch.manual_seed(seed)
