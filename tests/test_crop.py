@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import assert_close_logits, cached_model, record_diff, snapshot
+from helpers import assert_close_logits, cached_model, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -91,8 +91,7 @@ def test_cropped_then_continued_equals_a_fresh_prefill_of_the_kept_prefix(kind, 
     mgr.crop(keep)
     got = model.prefill(torch.tensor([more]), mgr)  # (1, T, V) continues at position `keep`
     want = model(torch.tensor([ids[:keep] + more]))[:, keep:]
-    diff = record_diff("crop: continued vs fresh logits", (got - want).abs().max())
-    assert diff <= 1e-5, diff
+    assert_close_logits(got, want, "crop: continued vs fresh logits")
 
 
 @torch.no_grad()
@@ -108,7 +107,7 @@ def test_manager_crop_keeps_the_padding_of_each_row():
     got = model.prefill(torch.tensor([[11], [12]]), mgr)[:, 0]  # (B, V)
     for b, (row, nxt) in enumerate(zip(rows, (11, 12))):
         want = model(torch.tensor([row[:-1] + [nxt]]))[0, -1]  # the row alone, without its last token
-        assert torch.allclose(got[b], want, atol=1e-5)
+        assert_close_logits(got[b], want)
 
 
 @torch.no_grad()

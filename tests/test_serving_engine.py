@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from helpers import cached_model
+from helpers import assert_close_logits, cached_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -122,7 +122,7 @@ def test_prefix_hit_gives_the_logits_of_no_prefix_cache():
         with torch.inference_mode():
             logits = model.prefill(torch.tensor([prompt[hit:]]), cache.batch([99], [len(prompt) - hit]))[0]
             want = model(torch.tensor([prompt]))[0, hit:]  # the full forward, no cache at all
-        assert (logits - want).abs().max() <= 1e-5
+        assert_close_logits(logits, want)
         cache.free_sequence(99)
 
 
