@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import attend
 from .kv_cache import KVCacheManager, StaticKVCache
-from .validation import check_choice, fail_type
+from .validation import check_choice, check_model
 
 CAPACITY_FLOOR = 64  # smallest compiled cache: shorter generations share one graph instead of one each
 
@@ -88,10 +88,7 @@ class CompiledDecoder:
     """
 
     def __init__(self, model, backend: str = "inductor", mode: str | None = None):
-        from .model import MiniGPTInferenceModel
-
-        if not isinstance(model, MiniGPTInferenceModel):
-            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
+        check_model("model", model)
         self.model, self.backend, self.mode = model, check_choice("backend", backend, BACKENDS), mode
         if backend == "aot" and not hasattr(torch._inductor, "aoti_compile_and_package"):
             raise ValueError(f"backend='aot' needs torch >= 2.6 (AOTInductor packages); this is {torch.__version__}")

@@ -15,9 +15,8 @@ from .batching import check_token_ids, pad_prompts, prompt_rows
 from .compiled import CompiledDecoder, graph_capacity
 from .context import check_context_length, check_context_policy, sliding_forward
 from .kv_cache import CACHE_KINDS, KVCacheManager
-from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
-from .validation import check_int, fail_type
+from .validation import check_int, check_model
 
 
 @dataclass
@@ -88,9 +87,7 @@ class AutoregressiveGenerator:
     """
 
     def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False):
-        if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
-            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
-        self.model = model
+        self.model = check_model("model", model)  # else the first generate fails on a missing attribute
         self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
         self.compiled = None if compile is False else CompiledDecoder(model, _compile_backend(compile))
         self.last_stats: GenerationStats | None = None

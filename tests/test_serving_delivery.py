@@ -151,6 +151,19 @@ def test_a_dropped_stream_aborts_its_requests_and_frees_their_blocks():
         engine.stream(max_new_tokens=3)
 
 
+def test_a_reader_leaving_during_a_step_is_cancelled_at_the_next_one():
+    """A stream collected by the garbage collector in the middle of a step must not change the queues under it."""
+    engine = LLMEngine(MODEL, block_size=4)
+    stream = engine.stream([[1, 2, 3]], 6)
+    box = engine.outbox.owner[0]
+    engine._busy = True  # as if the collector ran inside a step
+    stream.close()
+    engine._busy = False
+    assert 0 in engine.requests and engine.outbox.abandoned == [box]
+    assert engine.step() == [] and not engine.requests and engine.cache.allocator.num_used == 0
+    _assert_no_leaks(engine)
+
+
 def _nan_model():
     model = random_model(MODEL.config, seed=3)
     with torch.no_grad():

@@ -10,39 +10,16 @@ Introduced in notebooks/10_paged_attention.ipynb.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..batching import check_token_ids
-from ..sampling import Sampler, greedy, row_generators, seen_mask
+from ..sampling import Sampler, row_generators, seen_mask
 from ..validation import ID_DTYPES, check_allocation, check_bool, check_model, check_positive_int, fail_type, is_int
 from .blocks import NoFreeBlocksError
-from .outbox import SHARED, Outbox, Reader
+from .outbox import SHARED, Outbox, Reader, StepError, StepOutput
+from .picking import pick_tokens
 from .paged import PagedKVCache
 from .scheduler import EngineStats, Scheduler, Sequence
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """One token made by step(): finish_reason is "eos" or "max_new_tokens" on a request's last token, else None.
-
-    A request whose model call or sampling raised ends with token None, finish_reason "error" and `error` saying
-    why. Introduced in notebooks/10_paged_attention.ipynb.
-    """
-
-    request_id: int
-    token: int | None
-    finished: bool
-    finish_reason: str | None
-    error: str | None = None
-
-
-class StepError(RuntimeError):
-    """generate(): one of its requests failed (the model call or sampling raised); the engine goes on.
-
-    Introduced in notebooks/11_continuous_batching.ipynb.
-    """
 
 
 class LLMEngine:
@@ -130,11 +107,10 @@ class LLMEngine:
         """One scheduler step for every request, whoever reads it: outputs go to their owners' boxes."""
         if self._busy:
             raise RuntimeError("LLMEngine: a step was started from inside a step (a sampler or hook calling step()?)")
+        while self.outbox.abandoned:  # readers that left during a step: their requests end now
+            self._cancel(self.outbox.abandoned.pop())
         self._busy = True
         try:
-            for box in self.outbox.abandoned[:]:  # readers that left during a step: their requests end now
-                self.outbox.abandoned.remove(box)
-                self._cancel(box)
             plan = self.scheduler.schedule()
             if not plan:
                 if self.scheduler.waiting and not self.scheduler.running:  # nothing can free a block: never spin
@@ -175,7 +151,7 @@ class LLMEngine:
             return
         self.stats.model_calls += 1
         self.stats.padded_tokens += len(rows) * t
-        picks = self._pick(rows, logits)
+        picks = pick_tokens(rows, logits)
         for b, (seq, n) in enumerate(rows):
             if isinstance(picks.get(b), Exception):
                 self._fail(seq, picks[b])
@@ -191,31 +167,6 @@ class LLMEngine:
                 self._finish(seq, reason)
             self.outbox.put(out)
 
-    def _pick(self, rows: list, logits: torch.Tensor) -> dict:
-        """-> {row: its next token, or the exception choosing it raised} for the rows at their end."""
-        ends = [b for b, (seq, n) in enumerate(rows) if seq.num_computed + n == len(seq.tokens)]
-        greedy_rows = [b for b in ends if rows[b][0].sampler is None]
-        picks: dict = {}
-        try:  # one argmax and one host sync for every greedy row
-            picks.update(zip(greedy_rows, greedy(logits[greedy_rows]).tolist() if greedy_rows else []))
-        except ValueError:  # a row's logits are not finite: row by row, so only that row fails
-            for b in greedy_rows:
-                picks[b] = _attempt(lambda b=b: int(greedy(logits[b])))
-        for b in ends:
-            if b not in picks:
-                picks[b] = _attempt(lambda b=b: self._sample(rows[b][0], logits[b : b + 1]))
-        return picks
-
-    @staticmethod
-    def _sample(seq: Sequence, logits: torch.Tensor) -> int:
-        """Exactly AutoregressiveGenerator's pick for a batch of one: the same sampler, generator and history."""
-        with torch.inference_mode():
-            gens = None if seq.generator is None else [seq.generator]
-            token = seq.sampler.sample(logits, seq.seen, gens, [True])  # (1,)
-        if seq.seen is not None:
-            seq.seen[0, token] = True
-        return int(token[0])
-
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)
         del self.requests[seq.request_id]
@@ -227,8 +178,9 @@ class LLMEngine:
 
     def _cancel(self, box: int) -> None:
         """A private reader left (generate raised, a stream was closed): its unfinished requests end unread."""
-        if self._busy and box not in self.outbox.abandoned:  # never change the queues in the middle of a step
-            self.outbox.abandoned.append(box)
+        if self._busy:  # never change the queues in the middle of a step: the next step does it
+            if box not in self.outbox.abandoned:
+                self.outbox.abandoned.append(box)
             return
         for rid in self.outbox.close(box):
             self.outbox.forget(rid)
@@ -313,11 +265,3 @@ class LLMEngine:
     def kv_bytes_allocated(self) -> int:
         """Bytes of the blocks in use right now (filled or not): used / allocated is the internal fragmentation."""
         return self.cache.allocator.num_used * self.cache.block_size * self.cache.bytes_per_slot
-
-
-def _attempt(pick):
-    """pick() or the exception it raised (a row's failure is that row's result, not the step's)."""
-    try:
-        return pick()
-    except Exception as e:  # noqa: BLE001 -- the sampler's or a hostile subclass's error ends only its request
-        return e

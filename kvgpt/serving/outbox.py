@@ -12,8 +12,31 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from dataclasses import dataclass
 
 SHARED = 0  # the box of add_request()'s requests
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One token made by step(): finish_reason is "eos" or "max_new_tokens" on a request's last token, else None.
+
+    A request whose model call or sampling raised ends with token None, finish_reason "error" and `error` saying
+    why. Introduced in notebooks/10_paged_attention.ipynb.
+    """
+
+    request_id: int
+    token: int | None
+    finished: bool
+    finish_reason: str | None
+    error: str | None = None
+
+
+class StepError(RuntimeError):
+    """generate(): one of its requests failed (the model call or sampling raised); the engine goes on.
+
+    Introduced in notebooks/11_continuous_batching.ipynb.
+    """
 
 
 class Outbox:

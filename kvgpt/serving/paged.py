@@ -10,6 +10,8 @@ MiniGPTInferenceModel.prefill runs over pages. Introduced in notebooks/10_paged_
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from ..batching import check_token_ids
@@ -18,6 +20,9 @@ from ..kv_cache import check_crop_length
 from ..validation import (check_allocation, check_bool, check_config, check_device, check_dtype, check_int,
                           check_positive_int, fail_type, is_int, show)
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
+from .paged_batch import PagedBatch, PagedLayer
+
+__all__ = ["PagedKVCache", "PagedBatch", "PagedLayer"]
 
 
 class PagedKVCache:
@@ -65,15 +70,22 @@ class PagedKVCache:
                 fill[block] = max(fill.get(block, 0), min(self.block_size, max(self.lengths[s] - j * self.block_size, 0)))
         return sum(fill.values())
 
-    def _table(self, name: str, seq_id) -> list[int]:
-        """seq_id's block table, after checking it holds every block in it (none freed behind its back)."""
+    def _table(self, name: str, seq_id, held: bool = True) -> list[int]:
+        """seq_id's block table; held: also check it holds every block in it (none freed behind its back), before
+        anything reads, writes, registers, shares or frees them."""
         if not is_int(seq_id) or seq_id not in self.tables:
             raise ValueError(f"{name}={show(seq_id)}: no such sequence (add_sequence() starts one; a freed one is gone)")
-        table, a = self.tables[seq_id], self.allocator
-        lost = [b for b in table if not a.holds(seq_id, b)]
+        table = self.tables[seq_id]
+        lost = self._lost(seq_id) if held else []
         if lost:
             raise ValueError(f"sequence {seq_id} uses block(s) {lost}, which were freed while still in its table")
         return table
+
+    def _lost(self, seq_id) -> list[int]:
+        """Blocks of seq_id's table it holds no reference for (freed behind its back; one may even have come back
+        to it, then it appears twice in its table but is held once)."""
+        holders = self.allocator.holders
+        return [b for b, n in Counter(self.tables[seq_id]).items() if holders.get(b, []).count(seq_id) < n]
 
     def _end(self, end) -> int:
         return check_int("end", end, 0)  # past the pool: NoFreeBlocksError; past the context: the model refuses
@@ -114,7 +126,7 @@ class PagedKVCache:
 
     def blocks_needed(self, seq_id: int, end: int) -> int:
         """How many new blocks seq_id's table needs to hold `end` slots."""
-        table = self._table("seq_id", seq_id)
+        table = self._table("seq_id", seq_id, held=False)  # counting touches no block
         return max(-(-self._end(end) // self.block_size) - len(table), 0)
 
     def reserve(self, seq_id: int, end: int) -> None:
@@ -129,7 +141,7 @@ class PagedKVCache:
         """Return seq_id's blocks, last block first, so LRU eviction takes a prefix's tail before its head."""
         if not is_int(seq_id) or seq_id not in self.tables:
             raise ValueError(f"seq_id={show(seq_id)}: no such sequence (never added, or freed already: double free)")
-        freed = [b for b in self.tables[seq_id] if not self.allocator.holds(seq_id, b)]
+        freed = self._lost(seq_id)
         if freed:  # checked first, so a failed free changes nothing
             raise ValueError(f"sequence {seq_id}: block(s) {freed} are not in use (refcount 0): double free"
                              if all(self.allocator.ref_counts[b] == 0 for b in freed) else
@@ -194,7 +206,7 @@ class PagedKVCache:
                 if j < len(self.hashes[seq_id]):
                     del self.hashes[seq_id][j:]  # this sequence's copy is no longer the registered one
 
-    def batch(self, seq_ids: list[int], num_new: list[int]) -> "PagedBatch":
+    def batch(self, seq_ids: list[int], num_new: list[int]) -> PagedBatch:
         """The manager for ONE model call: row b appends num_new[b] tokens to sequence seq_ids[b].
 
         Every row is checked before any block is copied (copy-on-write), so a refused call changes nothing.
@@ -219,95 +231,3 @@ class PagedKVCache:
     def __repr__(self) -> str:
         return (f"PagedKVCache(sequences={len(self.tables)}, {self.allocator}, "
                 f"pool={tuple(self.k_pools[0].shape)} x {2 * len(self.k_pools)}, nbytes={self.nbytes})")
-
-
-class PagedBatch:
-    """What MiniGPTInferenceModel asks of its cache, answered for ragged rows of a paged cache.
-
-    Row b has past p_b slots and n_b new tokens, LEFT-padded to T = max n_b so x[:, -1] is each row's last
-    real token. Query j of row b sits at position p_b - (T - n_b) + j (clamped at 0: a padding query then
-    sees key 0, never nothing). Keys are gathered per row by position, S = max(p_b + n_b), right-padded;
-    the (B, 1, T, S) mask "key position <= query position" hides padding, unfilled slots and other rows.
-    Introduced in notebooks/10_paged_attention.ipynb.
-    """
-
-    def __init__(self, cache: PagedKVCache, seq_ids: list[int], num_new: list[int]) -> None:
-        device, bs = cache.k_pools[0].device, cache.block_size
-        lengths = [cache.lengths[s] for s in seq_ids]
-        self.cache, self.batch_size, self.t = cache, len(seq_ids), max(num_new)
-        self.s = max(p + n for p, n in zip(lengths, num_new))
-        self.length = sum(lengths)  # filled slots of these rows before the call: what each layer starts from
-        self.length_after = self.length + sum(num_new)
-        past, new = torch.tensor(lengths, device=device), torch.tensor(num_new, device=device)  # (B,), (B,)
-        ends = past + new  # (B,)
-        width = max(len(cache.tables[s]) for s in seq_ids)
-        tables = torch.tensor([cache.tables[s] + [0] * (width - len(cache.tables[s])) for s in seq_ids],
-                              device=device)  # (B, blocks)
-        j = torch.arange(self.t, device=device)
-        self._pos = (past[:, None] - (self.t - new)[:, None] + j).clamp(min=0)  # (B, T)
-        real = j[None, :] >= (self.t - new)[:, None]  # (B, T): not padding
-        key_pos = torch.minimum(torch.arange(self.s, device=device), ends[:, None] - 1)  # (B, S)
-
-        def slot(pos):  # position -> flat slot id through the row's block table
-            return tables.gather(1, pos // bs) * bs + pos % bs
-
-        self.src = None if min(num_new) == self.t else real.flatten().nonzero().squeeze(1)  # (N,) rows of (B * T)
-        self.dst = slot(self._pos)[real]  # (N,) pool slots the real new tokens go to
-        self.gather = slot(key_pos).flatten()  # (B * S,)
-        self.layers = [PagedLayer(self, i) for i in range(len(cache.k_pools))]
-
-    def get(self, layer_idx: int) -> "PagedLayer":
-        return self.layers[layer_idx]
-
-    def check_call(self, model, b: int, t: int) -> None:
-        """Raise ValueError unless the model matches the pool (layers, K/V heads, dims) and (b, t) this batch."""
-        pool, c = self.cache.k_pools[0], model.config
-        heads = c.kv_heads
-        if (len(self.cache.k_pools), pool.shape[2], pool.shape[3]) != (c.n_layers, heads, c.head_dim):
-            raise ValueError(f"the paged pool holds {len(self.cache.k_pools)} layers of (H, D) = "
-                             f"{tuple(pool.shape[2:])} but the model has {c.n_layers} of {(heads, c.head_dim)}")
-        if (b, t) != (self.batch_size, self.t):
-            raise ValueError(f"token_ids is (B, T) = {(b, t)} but this paged batch was built for "
-                             f"{(self.batch_size, self.t)}")
-
-    def context_end(self, t: int) -> int:
-        """The longest row's end, p_b + n_b (the model checks it against block_size)."""
-        if t != self.t:
-            raise ValueError(f"token_ids has T={t} columns but this paged batch was built for T={self.t}")
-        return self.s
-
-    def position_ids(self, t: int, device=None) -> torch.Tensor:
-        """Each new token's position in its own sequence. -> (B, T)."""
-        return self._pos
-
-    def attention_mask(self, t: int, device=None) -> torch.Tensor:
-        """(B, 1, T, S) bool: query j of row b sees key positions 0 .. its own position."""
-        return (torch.arange(self.s, device=self._pos.device) <= self._pos[:, :, None]).unsqueeze(1)
-
-
-class PagedLayer:
-    """One layer's view of a PagedBatch: `append` writes the real new keys/values and gathers every visible one.
-
-    Introduced in notebooks/10_paged_attention.ipynb.
-    """
-
-    def __init__(self, batch: PagedBatch, layer_idx: int) -> None:
-        self.batch, self.layer_idx, self.length = batch, layer_idx, batch.length
-
-    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, T, D) new keys/values -> (B, H, S, D) every key/value row b may see (padding masked)."""
-        batch, cache = self.batch, self.batch.cache
-        b, h, t, d = k_new.shape
-        if self.length != batch.length or (b, t) != (batch.batch_size, batch.t):
-            raise ValueError(f"layer {self.layer_idx}: a PagedBatch serves one model call of (B, T) = "
-                             f"{(batch.batch_size, batch.t)}; got {(b, t)} after {self.length - batch.length} slots")
-        out = []
-        for new, pool in ((k_new, cache.k_pools[self.layer_idx]), (v_new, cache.v_pools[self.layer_idx])):
-            if new.dtype != pool.dtype:
-                raise ValueError(f"keys/values are {new.dtype} but the pool holds {pool.dtype}")
-            flat = pool.view(-1, h, d)  # (num_blocks * block_size, H, D)
-            rows = new.transpose(1, 2).reshape(b * t, h, d)  # (B * T, H, D)
-            flat.index_copy_(0, batch.dst, rows if batch.src is None else rows.index_select(0, batch.src))
-            out.append(flat.index_select(0, batch.gather).view(b, batch.s, h, d).transpose(1, 2))  # (B, H, S, D)
-        self.length = batch.length_after
-        return out[0], out[1]
