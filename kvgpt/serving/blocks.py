@@ -87,6 +87,7 @@ class BlockAllocator:
     def allocate(self, owner=None) -> int:
         """A block with refcount 1 (held by `owner`) and no hash. Raises NoFreeBlocksError when none is free or
         evictable."""
+        owner = _owner(owner)
         if self.free_ids:
             block = self.free_ids.popleft()
         elif self.cached:
@@ -111,7 +112,7 @@ class BlockAllocator:
         An untagged free (owner None) of a block only tagged owners hold drops the latest one's reference: that
         holder's next use of the block raises (PagedKVCache checks its tables), it never reads another's slots.
         """
-        block = self._check_id(block)
+        block, owner = self._check_id(block), _owner(owner)
         if self.ref_counts[block] == 0:
             raise ValueError(f"block {block} is not in use (refcount 0): double free, or freeing a block never allocated")
         holders = self.holders[block]
@@ -130,7 +131,7 @@ class BlockAllocator:
     def fork(self, block: int, owner=None) -> int:
         """One more reference (held by `owner`) to a block in use or cached (a cached one is revived).
         A free block raises."""
-        block = self._check_id(block)
+        block, owner = self._check_id(block), _owner(owner)
         if self.ref_counts[block] == 0:
             if block not in self.cached:
                 raise ValueError(f"block {block} is free: its slots hold nothing to share")
@@ -174,3 +175,8 @@ class BlockAllocator:
     def __repr__(self) -> str:
         return (f"BlockAllocator(num_blocks={self.num_blocks}, block_size={self.block_size}, used={self.num_used}, "
                 f"cached={len(self.cached)}, free={len(self.free_ids)})")
+
+
+def _owner(owner):
+    """A reference's holder: None (untagged) or an int (a sequence id)."""
+    return None if owner is None else check_int("owner", owner)
