@@ -46,6 +46,8 @@ def is_int(value) -> bool:
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None, allowed: str = "") -> int:
     """An int (numpy ints too, never bool) in low..high (inclusive, None = unbounded) -> int."""
+    if type(value) is int and (low is None or value >= low) and (high is None or value <= high):
+        return value  # the common case, on every engine step: no ABC check, no message built
     if not allowed:
         allowed = "an int" + (f" >= {low}" if high is None and low is not None else "")
         if low is not None and high is not None:

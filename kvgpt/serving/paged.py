@@ -84,8 +84,10 @@ class PagedKVCache:
     def _lost(self, seq_id) -> list[int]:
         """Blocks of seq_id's table it holds no reference for (freed behind its back; one may even have come back
         to it, then it appears twice in its table but is held once)."""
-        holders = self.allocator.holders
-        return [b for b, n in Counter(self.tables[seq_id]).items() if holders.get(b, []).count(seq_id) < n]
+        table, holders = self.tables[seq_id], self.allocator.holders
+        if all(seq_id in holders.get(b, ()) for b in table) and len(set(table)) == len(table):
+            return []  # the common case, on every engine step
+        return [b for b, n in Counter(table).items() if holders.get(b, []).count(seq_id) < n]
 
     def _end(self, end) -> int:
         return check_int("end", end, 0)  # past the pool: NoFreeBlocksError; past the context: the model refuses
