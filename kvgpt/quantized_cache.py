@@ -112,8 +112,8 @@ class Int8KVCache(KVCache):
         lost_up_to = self.length - self.window  # positions < this were overwritten in the ring (if >= 0)
         if self.window and length not in (0, self.length) and max(length - self.window, 0) < lost_up_to:
             raise ValueError(f"length={length}: this int8 cache keeps the last window={self.window} positions exact "
-                             f"and has overwritten the exact copies of positions < {lost_up_to}; an exact crop can "
-                             f"keep 0, {self.length}, or (with window=0) any length")
+                             f"and has overwritten the exact copies of positions < {lost_up_to}: only crop(0) or "
+                             f"crop({self.length}) can be exact now (with window=0, any length can)")
 
     def crop(self, length):
         """Exact: the cache is then one that was only given the first `length` positions (see check_crop)."""
