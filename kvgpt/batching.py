@@ -94,31 +94,32 @@ def pad_prompts(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
+def prompt_rows(prompt, vocab_size: int, name: str = "prompt") -> tuple[list[list[int]], bool]:
     """One prompt (list of ids or a (T,) tensor) or a batch (a list of them or a (B, T) tensor) -> (rows, batched).
 
-    Raises ValueError for an empty prompt and for ids that are not ints in 0 .. vocab_size - 1.
+    Raises ValueError for an empty prompt and for ids that are not ints in 0 .. vocab_size - 1, naming the
+    argument `name` (row b of a batch: name[b]).
 
     Introduced in notebooks/07_batching.ipynb.
     """
     if isinstance(prompt, torch.Tensor):
         if prompt.dim() not in (1, 2) or prompt.dtype not in ID_DTYPES:
-            raise ValueError(f"prompt must be a (T,) or (B, T) tensor of int32/int64 ids, got {tuple(prompt.shape)} "
+            raise ValueError(f"{name} must be a (T,) or (B, T) tensor of int32/int64 ids, got {tuple(prompt.shape)} "
                              f"{prompt.dtype}")
         rows, batched = (prompt.tolist(), True) if prompt.dim() == 2 else ([prompt.tolist()], False)
     elif not isinstance(prompt, (list, tuple)):
-        fail_type("prompt", prompt, "a list of token ids, a tensor, or a list of prompts (text: tokenizer.encode)")
+        fail_type(name, prompt, "a list of token ids, a tensor, or a list of prompts (text: tokenizer.encode)")
     elif prompt and all(isinstance(p, (list, tuple)) or isinstance(p, torch.Tensor) and p.dim() for p in prompt):
         rows, batched = [_ids(p) for p in prompt], True
     else:  # one prompt: a 0-d tensor in it is not read as a row (check_id_list refuses it: ids are ints)
         rows, batched = [_ids(prompt)], False
     if not rows:
-        raise ValueError(f"prompt={show(prompt)} holds no rows: a batch needs at least one prompt")
+        raise ValueError(f"{name}={show(prompt)} holds no rows: a batch needs at least one prompt")
     for b, row in enumerate(rows):
-        name = f"prompt[{b}]" if batched else "prompt"
+        row_name = f"{name}[{b}]" if batched else name
         if not isinstance(row, list) or not row:
-            raise ValueError(f"{name}={row!r} is empty or not a list: generation needs at least one token (e.g. BOS)")
-        check_id_list(name, row, vocab_size)
+            raise ValueError(f"{row_name}={row!r} is empty or not a list: generation needs at least one token (e.g. BOS)")
+        check_id_list(row_name, row, vocab_size)
     return rows, batched
 
 

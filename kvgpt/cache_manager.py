@@ -15,7 +15,7 @@ import torch
 from .attention import causal_mask
 from .batching import pad_lengths_from_mask, padded_attention_mask, padded_position_ids
 from .config import ModelConfig, check_config
-from .kv_cache import DynamicKVCache, KVCache, StaticKVCache, check_crop_length
+from .kv_cache import DynamicKVCache, KVCache, StaticKVCache
 from .validation import check_choice, check_device, check_dtype, check_int, check_positive_int
 
 # kind -> factory(batch_size, kv_heads, head_dim, capacity, device, dtype) of one layer's cache. The one table of
@@ -87,14 +87,20 @@ class KVCacheManager:
         self.pad_lengths = None
 
     def crop(self, length: int) -> None:
-        """Roll every layer back to its first `length` slots; the padding of each row is kept.
+        """Roll every layer back to its first `length` slots; the padding of each row is kept, cut to `length`.
 
-        Checked once before any layer changes, so a refused crop leaves every layer as it was.
+        A row whose first `length` slots are all padding keeps no token: its padding becomes `length` slots, so its
+        next token sits at position 0 with nothing before it, exactly as if it had been given no prompt (a left
+        padding longer than the cache would put later tokens at position 0 and hide them from each other).
+        Every layer is checked before any changes, so a refused crop leaves every layer as it was.
         Introduced in notebooks/13_speculative_decoding.ipynb.
         """
-        check_crop_length(length, self.length)
+        for cache in self.layer_caches:
+            cache.check_crop(length)
         for cache in self.layer_caches:
             cache.crop(length)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths.clamp(max=length)
 
     @property
     def length(self) -> int:

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1)")
     g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (the baseline)")
-    g.add_argument("--cache-kind", choices=CACHE_KINDS, default="static", help="KV cache layout")
+    g.add_argument("--cache-kind", choices=CACHE_KINDS, default=None, help="KV cache layout (default: static)")
     g.add_argument("--compile", nargs="?", const="inductor", default=None, choices=("inductor", "aot"),
                    help="decode steps as one compiled graph: torch.compile (inductor, the default) or AOTInductor "
                         "(aot); static cache; the first step compiles (seconds)")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--window", type=int, default=None, help="tokens a slide keeps (default: half the context)")
     g.add_argument("--draft", default=None,
                    help="speculative decoding: 'ngram' (prompt lookup) or a draft model name/directory (default: off)")
-    g.add_argument("--draft-k", type=int, default=4, help="draft tokens per target pass (default: %(default)s)")
+    g.add_argument("--draft-k", type=int, default=None, help="draft tokens per target pass (default: 4)")
     g.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps (default: %(default)s)")
     return parser
@@ -87,22 +87,43 @@ def _bench(parser: argparse.ArgumentParser, argv: list[str], command: str = "ben
     return suite_main(argv) or 0
 
 
-def _flag(flag: str, check, *values):
-    """check(*values), with a refusal's message prefixed by the flag the user typed."""
+def _flag(flag: str, check, *values, **kwargs):
+    """check(*values), with a refusal's message (a bad value, type or file) prefixed by the flag the user typed."""
     try:
-        return check(*values)
-    except ValueError as e:
+        return check(*values, **kwargs)
+    except (ValueError, TypeError, OSError) as e:
         raise ValueError(f"{flag}: {e}") from None
 
 
+MAX_THREADS = 1024  # torch takes a C int; far more threads than cores only adds waiting
+
+
 def _int_flag(value: str) -> int:
-    """A --threads value: "auto" or a positive int."""
-    from .validation import check_positive_int
+    """A --threads value: "auto" or an int in 1..MAX_THREADS."""
+    from .validation import check_int
 
     try:
-        return check_positive_int("threads", int(value))
+        return check_int("threads", int(value), 1, MAX_THREADS)
     except ValueError:
-        raise ValueError(f"threads={value!r}: must be 'auto' or a positive integer") from None
+        raise ValueError(f"threads={value!r}: must be 'auto' or an int in 1..{MAX_THREADS}") from None
+
+
+def _check_combinations(args, sampler) -> None:
+    """A flag that would do nothing is refused, naming it (else a typo'd combination runs as if it were not given);
+    then the defaults that depend on other flags are filled in."""
+    unused = [("--window", args.window is not None and args.context_policy != "slide",
+               "only --context-policy slide keeps a window"),
+              ("--draft-k", args.draft_k is not None and args.draft is None, "drafting needs --draft"),
+              ("--cache-kind", args.cache_kind is not None and args.no_cache, "--no-cache keeps no KV cache"),
+              ("--top-k", args.top_k is not None and args.temperature == 0, "--temperature 0 is greedy"),
+              ("--top-p", args.top_p is not None and args.temperature == 0, "--temperature 0 is greedy"),
+              ("--seed", args.seed is not None and sampler.is_greedy, "this sampler is greedy: it draws nothing"),
+              ("--compile", args.compile is not None and (args.no_cache or args.cache_kind not in (None, "static")),
+               "a compiled step decodes from the static KV cache")]
+    for flag, would_do_nothing, why in unused:
+        if would_do_nothing:
+            raise ValueError(f"{flag} would do nothing here: {why}")
+    args.cache_kind, args.draft_k = args.cache_kind or "static", 4 if args.draft_k is None else args.draft_k
 
 
 def _setup(args):
@@ -110,6 +131,7 @@ def _setup(args):
     -> (tokenizer, generator, token stream, first token or None)."""
     import torch
 
+    from .context import check_context_policy
     from .generation import AutoregressiveGenerator
     from .sampling import Sampler, check_knob
     from .validation import check_device, check_path, check_seed
@@ -120,6 +142,7 @@ def _setup(args):
     _flag("--seed", check_seed, "seed", args.seed)  # 0 .. 2**64 - 1: torch.Generator's range
     sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       repetition_penalty=args.repetition_penalty, seed=args.seed)
+    _check_combinations(args, sampler)
     device = _flag("--device", check_device, "device", args.device)  # computes on it: "meta" or "cuda" here fail
     model, tokenizer = load_pretrained(_flag("--model", check_path, "name", args.model), device=device)
     from .linear import recommended_threads, set_linear_backend
@@ -128,8 +151,8 @@ def _setup(args):
 
     if str(next(model.parameters()).dtype) == "torch.float32" and device.type == "cpu":
         _flag("--linear-backend", set_linear_backend, model, args.linear_backend)
-    elif args.linear_backend == "onednn":
-        raise ValueError("--linear-backend onednn: packs fp32 CPU weights only")
+    elif args.linear_backend != "auto":
+        raise ValueError(f"--linear-backend {args.linear_backend}: chooses the fp32 CPU matrix kernels only")
     torch.set_num_threads(threads or recommended_threads(model))
     prompt = _flag("--prompt", tokenizer.encode, args.prompt)
     if not prompt:
@@ -139,6 +162,7 @@ def _setup(args):
     if args.draft is not None:
         generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
     else:
+        _flag("--window", check_context_policy, args.context_policy, args.window, model.config.block_size)
         generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window,
                                             compile=args.compile or False)
         stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
@@ -152,11 +176,14 @@ def _setup(args):
 def _speculative(args, model, prompt, sampler, tokenizer, device):
     """--draft: a SpeculativeGenerator over the target and 'ngram' or a draft model -> (generator, stream)."""
     from .speculative import SpeculativeGenerator
+    from .validation import check_int, check_path
 
     if args.context_policy != "refuse" or args.no_cache:
         raise ValueError("--draft works with the KV cache and --context-policy refuse only")
-    draft = "ngram" if args.draft == "ngram" else load_pretrained(args.draft, device=device)[0]
-    generator = SpeculativeGenerator(model, draft)
+    draft = "ngram" if args.draft == "ngram" else _flag("--draft", load_pretrained, _flag(
+        "--draft", check_path, "draft", args.draft), device=device)[0]
+    _flag("--draft-k", check_int, "k", args.draft_k, 1, model.config.block_size - 1)
+    generator = _flag("--draft", SpeculativeGenerator, model, draft)
     eos = tokenizer.eos_token_id
     return generator, generator.stream(prompt, args.max_new_tokens, args.draft_k, sampler,
                                        eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos,

@@ -23,6 +23,7 @@ from .attention import attend
 from .batching import padded_attention_mask, padded_position_ids
 from .cache_manager import KVCacheManager
 from .kv_cache import KVCache, StaticKVCache
+from .model import check_model
 from .validation import check_choice, fail_type
 
 CAPACITY_FLOOR = 64  # smallest compiled cache: shorter generations share one graph instead of one each
@@ -123,10 +124,7 @@ class CompiledDecoder:
     """
 
     def __init__(self, model, backend: str = "inductor", mode: str | None = None):
-        from .model import MiniGPTInferenceModel
-
-        if not isinstance(model, MiniGPTInferenceModel):
-            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
+        check_model("model", model)
         self.model, self.backend, self.mode = model, check_choice("backend", backend, BACKENDS), mode
         if backend == "aot" and not hasattr(torch._inductor, "aoti_compile_and_package"):
             raise ValueError(f"backend='aot' needs torch >= 2.6 (AOTInductor packages); this is {torch.__version__}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from .cache_manager import KVCacheManager
+from .model import check_model
+from .validation import ID_DTYPES, check_choice, check_id_list, check_int, check_tensor, fail_type, show
 
 
 class DraftModel:
@@ -27,7 +29,7 @@ class DraftModel:
     name = "draft model"
 
     def __init__(self, model, cache_kind: str = "static"):
-        self.model, self.cache_kind = model, cache_kind
+        self.model, self.cache_kind = check_model("draft", model), check_choice("cache_kind", cache_kind, ("static", "dynamic"))
         self.cache: KVCacheManager | None = None
         self.cached, self.passes = 0, 0  # tokens of the sequence in the draft cache; forward passes so far
 
@@ -75,9 +77,8 @@ class NGramDraft:
     passes = 0
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
-        if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
-            raise ValueError(f"min_ngram={min_ngram!r}, max_ngram={max_ngram!r}: need ints 1 <= min_ngram <= max_ngram")
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.min_ngram = check_int("min_ngram", min_ngram, 1)
+        self.max_ngram = check_int("max_ngram", max_ngram, self.min_ngram, allowed=f"an int >= min_ngram={min_ngram}")
 
     def start(self) -> None:
         """Nothing to reset: the lookup reads only the tokens it is given."""
@@ -98,7 +99,7 @@ class NGramDraft:
 
 
 def as_draft_source(draft):
-    """A draft source from "ngram", a model (-> DraftModel) or an object with start/propose/rollback.
+    """A draft source from "ngram", a kvgpt model (-> DraftModel) or an object with start/propose/rollback.
 
     Introduced in notebooks/13_speculative_decoding.ipynb.
     """
@@ -108,7 +109,34 @@ def as_draft_source(draft):
         return NGramDraft()
     if isinstance(draft, torch.nn.Module):
         return DraftModel(draft)
-    if all(hasattr(draft, a) for a in ("start", "propose", "rollback")):
+    if all(callable(getattr(draft, a, None)) for a in ("start", "propose", "rollback")):
         return draft
-    raise ValueError(f"draft={draft!r}: must be 'ngram', a MiniGPTInferenceModel or a draft source "
-                     "(start/propose/rollback)")
+    fail_type("draft", draft, "'ngram', a kvgpt MiniGPTInferenceModel or a draft source (start/propose/rollback)")
+
+
+def check_proposal(source, proposal, k: int, vocab_size: int) -> tuple[list, torch.Tensor | None]:
+    """A draft source's propose() result, not trusted: (drafts, q) with at most k ids in 0 .. vocab_size - 1 and q
+    None or the (len(drafts), V) probabilities each draft was drawn from (finite, >= 0, > 0 at the draft). -> ids.
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    name = f"draft source {type(source).__name__}"
+    if not isinstance(proposal, tuple) or len(proposal) != 2:
+        raise ValueError(f"draft: {name}.propose returned {show(proposal)}; it must return (drafts, q)")
+    drafts, q = proposal
+    if isinstance(drafts, torch.Tensor) and drafts.dim() == 1 and drafts.dtype in ID_DTYPES:
+        drafts = drafts.tolist()
+    if not isinstance(drafts, (list, tuple)):
+        fail_type("draft", drafts, f"a list of token ids from {name}.propose")
+    if len(drafts) > k:
+        raise ValueError(f"draft: {name} proposed {len(drafts)} tokens but was asked for at most {k}")
+    check_id_list("draft", list(drafts), vocab_size)
+    drafts = [int(d) for d in drafts]
+    if q is not None:
+        check_tensor("draft q", q, (2,))
+        if tuple(q.shape) != (len(drafts), vocab_size) or not q.dtype.is_floating_point:
+            raise ValueError(f"draft q has shape {tuple(q.shape)} {q.dtype}: {name} must give floating "
+                             f"({len(drafts)}, {vocab_size}) probabilities, one row per draft")
+        if drafts and not (torch.isfinite(q).all() and (q >= 0).all() and (q[range(len(drafts)), drafts] > 0).all()):
+            raise ValueError(f"draft q from {name}: probabilities must be finite, >= 0 and > 0 at each drawn draft")
+    return drafts, q

@@ -15,10 +15,10 @@ from .batching import pad_prompts
 from .cache_manager import CACHE_KINDS, KVCacheManager
 from .compiled import CompiledDecoder, graph_capacity
 from .context import SlidingWindow, check_context_length, check_context_policy
-from .model import MiniGPTInferenceModel
+from .model import check_model
 from .requests import CheckedRequest, RowSampler, check_request
 from .sampling import Sampler
-from .validation import check_bool, check_choice, fail_type
+from .validation import check_bool, check_choice
 
 
 @dataclass
@@ -125,9 +125,7 @@ class AutoregressiveGenerator:
     """
 
     def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False):
-        if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
-            fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
-        self.model = model
+        self.model = check_model("model", model)  # else the first generate fails on a missing attribute
         self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
         self.compiled = None if compile is False else CompiledDecoder(model, _compile_backend(compile))
         self.last_stats: GenerationStats | None = None

@@ -16,7 +16,7 @@ import torch
 
 from .config import ModelConfig
 from .model import MiniGPTInferenceModel
-from .validation import check_device, check_dtype, check_path, fail_type
+from .validation import check_device, check_dtype, check_model, check_path
 
 # The one name map. kvgpt name -> HF GPT-2 name (without the optional "transformer." prefix).
 GLOBAL_NAMES = {
@@ -200,8 +200,7 @@ def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError as e:
         raise ImportError("to_hf needs transformers: pip install 'kvgpt[gpt2]'") from e
-    if not isinstance(model, MiniGPTInferenceModel):
-        fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
+    check_model("model", model)
     c = model.config
     if c.kv_heads != c.n_heads:
         raise ValueError(f"to_hf: n_kv_heads={c.n_kv_heads} != n_heads={c.n_heads}; GPT-2 has no grouped-query "

@@ -59,12 +59,17 @@ class KVCache:
         raise NotImplementedError
 
     def crop(self, length: int) -> None:
-        """Roll back to the first `length` positions (0 <= length <= self.length): later ones are forgotten.
+        """Roll back to the first `length` positions (0 <= length <= self.length): later ones are forgotten, and
+        the cache is then exactly one that was only ever given those positions.
 
         What speculative decoding does after the target rejects drafted tokens.
         Introduced in notebooks/13_speculative_decoding.ipynb.
         """
         raise NotImplementedError
+
+    def check_crop(self, length) -> None:
+        """Raise ValueError unless crop(length) can be done exactly (checked before any layer changes)."""
+        check_crop_length(length, self.length)
 
     @property
     def keys(self) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ from .linear import Linear
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .cache_manager import CacheView, KVCacheManager, NoCache
 from .kv_cache import CachedCausalSelfAttention, KVCache
-from .validation import check_bool, check_int, check_mask, check_token_ids, fail_type
+from .validation import check_bool, check_instance, check_int, check_mask, check_token_ids, fail_type
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 
@@ -212,3 +212,10 @@ class MiniGPTInferenceModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cache.get(i), past, mask)  # layer i reads and writes only cache i
         return self._logits(x, last_only)
+
+
+def check_model(name: str, model) -> MiniGPTInferenceModel:
+    """A kvgpt MiniGPTInferenceModel (None, a name, a ModelConfig or another library's nn.Module are refused by name,
+    not met later as an AttributeError). validation.check_instance bound to this class, beside it."""
+    return check_instance(name, model, MiniGPTInferenceModel,
+                          "a kvgpt MiniGPTInferenceModel (load_pretrained(...) or MiniGPTInferenceModel(config))")

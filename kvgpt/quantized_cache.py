@@ -14,7 +14,7 @@ import torch
 
 from .cache_manager import CACHE_KINDS, KVCacheManager
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import KVCache, check_crop_length
 from .validation import check_choice
 
 QMAX = 127  # symmetric int8: -127 .. 127 (dropping -128 keeps the grid symmetric around 0)
@@ -99,6 +99,22 @@ class Int8KVCache(KVCache):
 
     def reset(self):
         self.length = 0  # stale entries beyond length are never read
+
+    def check_crop(self, length) -> None:
+        """Raise ValueError unless crop(length) is exact: the int8 bytes of each position depend on it alone, but
+        the exact window is a ring of the last `window` positions, so a crop that needs positions the ring has
+        overwritten since is refused (an int8 copy there would not be what a fresh cache reads)."""
+        check_crop_length(length, self.length)
+        lost_up_to = self.length - self.window  # positions < this were overwritten in the ring (if >= 0)
+        if self.window and length not in (0, self.length) and max(length - self.window, 0) < lost_up_to:
+            raise ValueError(f"length={length}: this int8 cache keeps the last window={self.window} positions exact "
+                             f"and has overwritten the exact copies of positions < {lost_up_to}: only crop(0) or "
+                             f"crop({self.length}) can be exact now (with window=0, any length can)")
+
+    def crop(self, length):
+        """Exact: the cache is then one that was only given the first `length` positions (see check_crop)."""
+        self.check_crop(length)
+        self.length = length  # as reset: the buffers stay, later positions are overwritten by the next append
 
     def stored_tensors(self) -> list[torch.Tensor]:
         """Every tensor the cache keeps (payloads, scales, exact window): what its memory is made of."""

@@ -33,14 +33,15 @@ class CheckedRequest:
 
 
 def check_request(prompt, max_new_tokens, sampler, eos_token_id, vocab_size: int, pad_token_id=None,
-                  min_new_tokens: int = 0) -> CheckedRequest:
+                  min_new_tokens: int = 0, name: str = "prompt") -> CheckedRequest:
     """Check everything a caller hands a generator -> CheckedRequest; raises ValueError/TypeError naming the argument.
 
     prompt: one prompt (a list of ids or a (T,) tensor) or a batch of them (a list of lists or a (B, T) tensor).
-    eos_token_id: None, an int or a list of ints. pad_token_id defaults to the first EOS id, else 0.
+    eos_token_id: None, an int or a list of ints. pad_token_id defaults to the first EOS id, else 0. `name` is what
+    a refused prompt is called in the message (e.g. "prompts[3]" for the fourth of a list).
     Introduced in notebooks/05_decoding.ipynb.
     """
-    rows, batched = prompt_rows(prompt, vocab_size)
+    rows, batched = prompt_rows(prompt, vocab_size, name)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, min_new_tokens)  # numpy ints would wrap in sums
     check_instance("sampler", sampler, (Sampler, type(None)), "None (greedy) or a kvgpt.Sampler")
     eos = [] if eos_token_id is None else list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) \

@@ -16,7 +16,8 @@ from numbers import Integral
 import torch
 
 from .cache_manager import KVCacheManager
-from .drafting import as_draft_source
+from .drafting import DraftModel, as_draft_source, check_proposal
+from .model import check_model
 from .requests import CheckedRequest, RowSampler, check_request
 from .sampling import Sampler, greedy
 from .validation import check_choice, check_int
@@ -104,9 +105,9 @@ class SpeculativeGenerator:
     """
 
     def __init__(self, target, draft="ngram"):
-        self.target, self.draft = target, as_draft_source(draft)
+        self.target, self.draft = check_model("target", target), as_draft_source(draft)
         inner = getattr(self.draft, "model", None)
-        if inner is not None and inner.config.vocab_size != target.config.vocab_size:
+        if isinstance(self.draft, DraftModel) and inner.config.vocab_size != target.config.vocab_size:
             raise ValueError(f"draft model vocab_size={inner.config.vocab_size} differs from the target's "
                              f"{target.config.vocab_size}: drafts must be target tokens")
         self.last_stats: SpeculativeStats | None = None
@@ -168,7 +169,9 @@ class SpeculativeGenerator:
         while stats.new_tokens < max_new:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                drafts, q = self.draft.propose(tokens, min(k, max_new - stats.new_tokens - 1), choose)
+                asked = min(k, max_new - stats.new_tokens - 1)
+                drafts, q = check_proposal(self.draft, self.draft.propose(tokens, asked, choose), asked,
+                                           model.config.vocab_size)  # never trusted: more than asked, bad ids
                 t1 = time.perf_counter()
                 feed = torch.tensor([tokens[cached:] + drafts], device=device)  # (1, T): pending + drafts
                 logits = model.prefill(feed, cache)[:, -len(drafts) - 1:]  # (1, K+1, V) one pass for all
@@ -185,7 +188,7 @@ class SpeculativeGenerator:
             if stop is not None:
                 new, stats.stop_reason = new[: stop + 1], "eos"
             stats.record({"drafts": drafts, "accepted": n, "target": int(nxt), "cache": (verified, cache.length)},
-                         len(new), self.draft.passes, t0, t1, start)
+                         len(new), getattr(self.draft, "passes", 0), t0, t1, start)
             tokens += new
             yield new
             if stats.stop_reason == "eos":

@@ -46,6 +46,8 @@ def is_int(value) -> bool:
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None, allowed: str = "") -> int:
     """An int (numpy ints too, never bool) in low..high (inclusive, None = unbounded) -> int."""
+    if type(value) is int and (low is None or value >= low) and (high is None or value <= high):
+        return value  # the common case, on every engine step: no ABC check, no message built
     if not allowed:
         allowed = "an int" + (f" >= {low}" if high is None and low is not None else "")
         if low is not None and high is not None:
@@ -207,6 +209,33 @@ def check_id_list(name: str, ids, vocab_size: int) -> list:
         if not is_int(i) or not 0 <= i < vocab_size:
             raise ValueError(f"{name} contains {i!r}; allowed token ids are ints in 0..{vocab_size - 1}")
     return ids
+
+
+def available_bytes(device) -> int | None:
+    """Bytes a new allocation on `device` can take now (None = the CPU): the kernel's MemAvailable on Linux (else
+    physical memory), CUDA's free memory; None when unknown (meta holds no bytes, other backends do not say)."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_allocation(what: str, nbytes: int, device) -> None:
+    """Raise ValueError, before allocating, when `what` (the arguments that size it, named) would need more bytes
+    than `device` has available: a clear refusal instead of a MemoryError, an overflow or the OOM killer."""
+    free = available_bytes(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what}: would need {nbytes:,} bytes ({nbytes / 2**30:.3g} GiB) but "
+                         f"{'the CPU' if device is None else device} has {free:,} bytes ({free / 2**30:.3g} GiB) available")
 
 
 def check_path(name: str, value) -> str:

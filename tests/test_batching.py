@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import cached_model, gen, record_diff
+from helpers import assert_close_logits, cached_model, gen
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,8 +38,7 @@ def assert_batch_equals_solo(g, prompts, n, **kw):
         assert batch[b] == solo
         assert batch_logits[b].shape == solo_logits.shape
         assert torch.isfinite(batch_logits[b]).all()
-        diff = (batch_logits[b] - solo_logits).abs().max() if solo_logits.numel() else 0.0
-        assert record_diff("generate: batched vs alone logits (fp32)", diff) <= 1e-5
+        assert_close_logits(batch_logits[b], solo_logits, "generate: batched vs alone logits (fp32)")
 
 
 @given(prompts_st, st.integers(0, V - 1), st.sampled_from(["static", "dynamic", "uncached"]))

@@ -30,6 +30,14 @@ HOSTILE = {  # flag: values that must be refused before any output
     "--cache-kind": ["paged", ""],
     "--model": ["", "   ", "/no/such/dir", "no-such-model"],
     "--device": ["meta", "cuda", "cuda:7", "toaster", "", "cpu:abc", "mps"],
+    # Part II's flags (issue 22): alone, --window and --draft-k would do nothing; out of range, they name themselves
+    "--window": ["5", "0", "-1", str(10**30)],
+    "--draft-k": ["3", "0", str(10**30)],
+    "--draft": ["", "   ", "/no/such/dir", "no-such-model"],
+    "--threads": ["0", "-1", str(10**30), "abc", ""],
+    "--context-policy": ["", "grow"],
+    "--linear-backend": ["", "cuda"],
+    "--compile": ["", "jit"],
 }
 CASES = [(flag, value) for flag, values in HOSTILE.items() for value in values]
 
@@ -67,3 +75,37 @@ def test_extreme_allowed_values_run_to_the_end(capsys, model_dir, args):
     assert main(_generate(model_dir, *args)) == 0
     out, err = capsys.readouterr()
     assert out.startswith("ROMEO:") and out.endswith("\n") and err.startswith("[kvgpt] ") and "Traceback" not in err
+
+
+COMBINATIONS = [  # (flags, the flag the one error line must name): would do nothing, or out of range where used
+    (["--context-policy", "slide", "--window", str(10**30)], "--window"),
+    (["--context-policy", "slide", "--window", "0"], "--window"),
+    (["--draft", "ngram", "--draft-k", str(10**30)], "--draft-k"),
+    (["--draft", "ngram", "--draft-k", "0"], "--draft-k"),
+    (["--draft", "ngram", "--draft-k", "32"], "--draft-k"),  # the model's context is 32: at most 31 drafts
+    (["--no-cache", "--cache-kind", "dynamic"], "--cache-kind"),
+    (["--temperature", "0", "--seed", "1"], "--seed"),
+    (["--top-k", "1", "--seed", "1"], "--seed"),
+    (["--temperature", "0", "--top-k", "5"], "--top-k"),
+    (["--temperature", "0", "--top-p", "0.5"], "--top-p"),
+    (["--compile", "--no-cache"], "--compile"),
+    (["--compile", "inductor", "--cache-kind", "dynamic"], "--compile"),
+]
+
+
+@pytest.mark.parametrize("args, flag", COMBINATIONS)
+def test_a_flag_that_would_do_nothing_or_is_out_of_range_names_itself(capsys, model_dir, args, flag):
+    with pytest.raises(SystemExit) as e:
+        main(_generate(model_dir, *args))
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"kvgpt: error: {flag}"), err
+
+
+@pytest.mark.parametrize("args", [["--context-policy", "slide", "--window", "8", "--max-new-tokens", "40"],
+                                  ["--draft", "ngram", "--draft-k", "2"], ["--draft", "ngram"],
+                                  ["--temperature", "0", "--repetition-penalty", "1.3"], ["--threads", "2"]])
+def test_flags_used_together_run_to_the_end(capsys, model_dir, args):
+    assert main(_generate(model_dir, *args)) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ROMEO:") and err.startswith("[kvgpt] ") and "Traceback" not in err

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
+from helpers import assert_close_logits, cached_model, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -91,8 +91,7 @@ def test_cropped_then_continued_equals_a_fresh_prefill_of_the_kept_prefix(kind, 
     mgr.crop(keep)
     got = model.prefill(torch.tensor([more]), mgr)  # (1, T, V) continues at position `keep`
     want = model(torch.tensor([ids[:keep] + more]))[:, keep:]
-    diff = record_diff("crop: continued vs fresh logits", (got - want).abs().max())
-    assert diff <= 1e-5, diff
+    assert_close_logits(got, want, "crop: continued vs fresh logits")
 
 
 @torch.no_grad()
@@ -108,4 +107,57 @@ def test_manager_crop_keeps_the_padding_of_each_row():
     got = model.prefill(torch.tensor([[11], [12]]), mgr)[:, 0]  # (B, V)
     for b, (row, nxt) in enumerate(zip(rows, (11, 12))):
         want = model(torch.tensor([row[:-1] + [nxt]]))[0, -1]  # the row alone, without its last token
-        assert torch.allclose(got[b], want, atol=1e-5)
+        assert_close_logits(got[b], want)
+
+
+@torch.no_grad()
+@given(st.integers(0, 6), st.lists(st.integers(1, 5), min_size=1, max_size=4), st.data())
+def test_int8_crop_is_exact_or_refused_naming_length(window, chunks, data):
+    """Issue 22, family 6: the int8 cache's crop leaves exactly a cache that was only given the kept positions (its
+    reads, and those after more appends, are bit-identical), or is refused before any change when the exact window
+    would need positions its ring has overwritten."""
+    from kvgpt.quantized_cache import Int8KVCache
+
+    g = torch.Generator().manual_seed(len(chunks))
+    xs = [torch.randn(B, H, t, D, generator=g) for t in chunks]
+    total = sum(chunks)
+    cache = Int8KVCache(B, H, D, capacity=total + 8, window=window)
+    for x in xs:
+        cache.append(x, -x)
+    keep = data.draw(st.integers(0, total))
+    before = snapshot(cache)
+    try:
+        cache.crop(keep)
+    except ValueError as e:
+        assert "length=" in str(e) and snapshot(cache) == before
+        assert window and 0 < keep < total and total > window  # only a wrapped exact window refuses
+        return
+    fresh = Int8KVCache(B, H, D, capacity=total + 8, window=window)
+    everything = torch.cat(xs, 2)
+    if keep:
+        fresh.append(everything[:, :, :keep], -everything[:, :, :keep])
+    assert cache.length == fresh.length == keep
+    more = torch.randn(B, H, 3, D, generator=g)
+    for a, b in zip(cache.append(more, -more), fresh.append(more, -more)):
+        assert torch.equal(a, b)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["static", "dynamic", "int8"])
+@given(keep=st.integers(0, 6), more=st.lists(st.integers(0, 66), min_size=1, max_size=3))
+def test_manager_crop_into_a_rows_padding_is_exact(kind, keep, more):
+    """Issue 22, family 6: a crop that leaves a row only padding (or part of it) makes that row an empty sequence:
+    its next tokens get the logits of a fresh prefill of the kept tokens (none) plus the new ones."""
+    model = cached_model()
+    rows = [[5, 6, 7, 8, 9, 10], [1, 2]]  # row 1 is left-padded by 4
+    ids = torch.tensor([rows[0], [0, 0, 0, 0, 1, 2]])
+    mask = torch.tensor([[1] * 6, [0, 0, 0, 0, 1, 1]])
+    mgr = KVCacheManager(model.config, 2, kind)
+    model.prefill(ids, mgr, mask)
+    mgr.crop(keep)
+    got = model.prefill(torch.tensor([more, more]), mgr)  # (B, T, V)
+    for b, row in enumerate(rows):
+        kept = row[: max(keep - (6 - len(row)), 0)]  # the real tokens among the first `keep` slots
+        alone = KVCacheManager(model.config, 1, kind)  # int8: the same quantized cache, the row alone
+        want = model.prefill(torch.tensor([kept + more]), alone)[0, len(kept):]
+        assert_close_logits(got[b], want, "crop into padding vs the row alone")

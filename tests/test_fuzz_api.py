@@ -5,7 +5,7 @@ extreme or non-finite number) while the others stay valid. The property, for eve
     and then every cache, manager, sampler and torch.Generator involved is exactly as before (snapshot/compare).
 
 Any other exception (IndexError, RuntimeError from deep inside torch, AttributeError...) fails the test.
-Profile from conftest.py (derandomized), with FUZZ_EXAMPLES examples per test instead of 25: a hostile value is
+Profile from conftest.py (derandomized), with FUZZ_EXAMPLES (tests/fuzzing.py) examples per test instead of 25: a hostile value is
 cheap to try, and the cases issue 14 lists needed more than 25 draws to be found.
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from helpers import cached_model, snapshot
-from hypothesis import event, given, settings
+from fuzzing import HOSTILE, V, fuzz, outcome, tensors
+from helpers import assert_close_logits, cached_model
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgpt import (
@@ -33,53 +33,6 @@ from kvgpt.batching import pad_prompts
 from kvgpt.pretrained import load_pretrained
 from kvgpt.sampling import apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, row_generators
 from kvgpt.validation import FP32
-
-FUZZ_EXAMPLES = 100
-fuzz = settings(max_examples=FUZZ_EXAMPLES)
-V = 67
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16,
-          torch.int32, torch.int64, torch.bool]
-EXTREMES = [0.0, -0.0, 5e-324, 1e-45, FP32.tiny, FP32.max, 3.5e38, 1e300, float("nan"), float("inf"), -float("inf")]
-
-
-@st.composite
-def tensors(draw, max_dims=3):
-    """A small tensor of any dtype and shape (dims 0..max_dims, sizes 0..5), values near the id range or extreme."""
-    shape = draw(st.lists(st.integers(0, 5), max_size=max_dims))
-    dtype = draw(st.sampled_from(DTYPES))
-    n = math.prod(shape)
-    if dtype.is_floating_point:
-        values = draw(st.lists(st.one_of(st.floats(-100, 100), st.sampled_from(EXTREMES)), min_size=n, max_size=n))
-        return torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
-    values = draw(st.lists(st.integers(-3, 70), min_size=n, max_size=n))
-    return torch.tensor(values, dtype=torch.int64).reshape(shape).to(dtype)
-
-
-HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, -1, 2**63, 2**64, 2**64 - 1]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(EXTREMES),
-    st.text(max_size=3), st.lists(st.integers(-3, 70), max_size=4), st.lists(st.lists(st.integers(-1, 70), max_size=3),
-                                                                            max_size=3),
-    st.builds(np.int64, st.integers(-(2**63), 2**63 - 1)), st.builds(np.float32, st.floats(width=32)),
-    tensors(), st.sampled_from(["cpu", "meta", "cuda", "toaster", "", "static", "sdpa", "float32", "int64"]),
-    st.sampled_from([object(), torch.float16, torch.int8, torch.device("meta"), {}, (1, 2), [[]], [torch.tensor(1)]]),
-)
-
-
-def outcome(call, names: tuple, *state, also=()):
-    """call() -> its result, or None after a ValueError/TypeError whose message names one of `names`;
-    either way a refusal must leave `state` exactly as it was. Other exceptions propagate (a failed example)."""
-    before = snapshot(*state)
-    try:
-        result = call()
-    except (ValueError, TypeError, *also) as e:
-        event(f"refused: {type(e).__name__}")
-        assert any(n in str(e) for n in names), f"message does not name {names}: {type(e).__name__}: {e}"
-        assert snapshot(*state) == before, f"a refused call changed state: {e}"
-        return None
-    event("accepted")
-    return result
-
 
 MODEL = cached_model(vocab_size=V, n_layers=2, n_heads=2, d_model=32, block_size=16)
 CFG = dict(vocab_size=7, n_layers=1, n_heads=2, d_model=8, block_size=16, dropout=0.0, attn_impl="sdpa")
@@ -134,7 +87,7 @@ def test_fuzz_prefill(arg, value):
         out = outcome(lambda: MODEL.prefill(**call), names, *state)
         if out is not None:  # correct: the same logits as the cache-less forward
             ref = MODEL(call["token_ids"], attention_mask=call["attention_mask"], last_only=call["last_only"])
-            assert (out - ref).abs().max() <= 1e-5
+            assert_close_logits(out, ref)
 
 
 @st.composite
@@ -175,7 +128,8 @@ def test_fuzz_prefill_plausible(call):
             prefix = torch.ones(ids.size(0), past, dtype=torch.long)
             full_mask = None if mask is None else mask.long()
             ref = MODEL(torch.cat([prefix, ids.long()], 1), attention_mask=full_mask)[:, past:]
-            assert (out - ref).abs().max() <= 1e-5 and (cache is None or cache.length == past + ids.size(1))
+            assert_close_logits(out, ref)
+            assert cache is None or cache.length == past + ids.size(1)
 
 
 @fuzz
@@ -189,7 +143,8 @@ def test_fuzz_forward_step(arg, value):
         if out is not None:
             ids = call["next_ids"].reshape(2, 1)
             ref = MODEL(torch.cat([torch.tensor([[1, 2, 3], [4, 5, 6]]), ids], 1), last_only=True)
-            assert mgr.length == 4 and (out - ref).abs().max() <= 1e-5
+            assert mgr.length == 4
+            assert_close_logits(out, ref)
 
 
 GEN_ARGS = ["prompt", "max_new_tokens", "sampler", "use_cache", "cache_kind", "eos_token_id", "pad_token_id"]

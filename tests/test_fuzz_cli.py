@@ -18,11 +18,13 @@ from kvgpt.pretrained import save_pretrained
 
 CHARS = sorted(set("\n !,.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
 FLAGS = ["--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--seed",
-         "--cache-kind", "--model", "--device"]
+         "--cache-kind", "--model", "--device", "--window", "--draft", "--draft-k", "--threads", "--context-policy",
+         "--linear-backend", "--compile"]
 VALUES = st.one_of(
     st.integers(-(2**70), 2**70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["0", "1", "-0", "1e-50", "1e-38", "3.4e38", "1e300", "5e-324", "nan", "inf", "-inf", "",
-                     " ", "static", "dynamic", "cpu", "meta", "cuda", "toaster", "ROMEO:", "~", "\x00"]),
+                     " ", "static", "dynamic", "cpu", "meta", "cuda", "toaster", "ROMEO:", "~", "\x00", "ngram", "slide",
+                     "refuse", "auto", "mkl", "2", "4096"]),
     st.text(max_size=6),
 )
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import gen, record_diff
+from helpers import assert_close_logits, gen
 
 from kvgpt import generation
 from kvgpt.generation import GenerationStats
@@ -38,8 +38,7 @@ def test_cached_equals_uncached_greedy_200_tokens(config):
         out, logits = g.generate(prompt, 200, cache_kind=kind, return_logits=True)
         assert out == base
         assert logits.shape == (200, g.model.config.vocab_size)
-        diff = (logits - base_logits).abs().max()
-        assert record_diff("generate: cached vs uncached logits, 200 steps (fp32)", diff) <= 1e-5
+        assert_close_logits(logits, base_logits, "generate: cached vs uncached logits, 200 steps (fp32)")
 
 
 def test_greedy_matches_the_textbook_loop():
@@ -202,4 +201,4 @@ def test_logits_of_return_logits_are_the_raw_model_logits():
     out, logits = g.generate([7, 8], 5, return_logits=True)
     with torch.no_grad():
         full = g.model(torch.tensor([out]))[0, 1:-1]  # logits that predicted each new token
-    assert torch.allclose(logits, full, atol=1e-5)
+    assert_close_logits(logits, full)

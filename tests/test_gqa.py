@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cached_model, random_model, record_diff
+from helpers import assert_close_logits, cached_model, random_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,7 +119,7 @@ def test_cached_equals_full_forward(cfg, t, b, data):
     full = model(ids)
     for kind in ("static", "dynamic"):
         got, mgr = decode_all(model, ids, kind, split)
-        assert record_diff("GQA cached vs full logits (fp32)", (got - full).abs().max().item()) <= TOL
+        assert_close_logits(got, full, "GQA cached vs full logits (fp32)")
         d = model.config.head_dim
         for i in range(cfg["n_layers"]):  # only the K/V heads are stored
             assert mgr.get(i).keys.shape == mgr.get(i).values.shape == (b, cfg["n_kv_heads"], t, d)
@@ -138,7 +138,7 @@ def test_batched_left_padded_equals_each_row_alone(cfg, t, pads):
     for i, r in enumerate(rows):
         alone, _ = decode_all(model, r[None], "dynamic", max(1, len(r) - (width - split)))
         got = batched[i, width - len(r):]  # the row's real positions
-        assert record_diff("GQA batched vs alone (fp32)", (got - alone[0]).abs().max().item()) <= TOL
+        assert_close_logits(got, alone[0], "GQA batched vs alone (fp32)")
 
 
 @given(cfg=gqa_configs(), b=st.integers(1, 3), t=st.integers(1, 20))
@@ -175,7 +175,7 @@ def test_expand_to_mha_computes_the_same_function(cfg, t):
     mha = expand_to_mha(model)
     assert mha.config.kv_heads == cfg["n_heads"] and mha.config.n_kv_heads is None
     ids = ids_for(cfg["vocab_size"], 2, t, seed=1)
-    assert record_diff("GQA vs its expanded MHA (fp32)", (mha(ids) - model(ids)).abs().max().item()) <= TOL
+    assert_close_logits(mha(ids), model(ids), "GQA vs its expanded MHA (fp32)")
     back = mean_pool_kv(mha, cfg["n_kv_heads"])  # the mean of identical copies: the original weights (to rounding)
     assert all(torch.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(back.state_dict().values(),
                                                                      model.state_dict().values()))
@@ -191,7 +191,7 @@ def test_every_attention_path_groups_query_heads_in_repeat_interleave_order(impl
     ids = ids_for(40, 2, 12, seed=3)
     with mock.patch.object(kvgpt.attention, "SDPA_GQA", torch_gqa and kvgpt.attention.SDPA_GQA):
         got, _ = decode_all(model, ids, "static", 5)
-    assert record_diff("GQA vs its expanded MHA (fp32)", (got - expand_to_mha(model)(ids)).abs().max().item()) <= TOL
+    assert_close_logits(got, expand_to_mha(model)(ids), "GQA vs its expanded MHA (fp32)")
 
 
 def tiled_repeat_kv(x, n_rep):

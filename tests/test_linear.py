@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import cached_model, random_model, record_diff
+from helpers import assert_close_logits, cached_model, random_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ def test_onednn_logits_equal_mkl(layers, heads, width, batch, t, hint, seed):
         assert set_linear_backend(model, "onednn", hint) == "onednn"
         out = model(ids)
     set_linear_backend(model, "mkl")
-    assert record_diff("onednn vs mkl logits", (out - ref).abs().max()) <= 1e-5
+    assert_close_logits(out, ref, "onednn vs mkl logits")
 
 
 def test_every_linear_is_packed_and_the_lm_head_too():
@@ -64,13 +64,13 @@ def test_weights_changed_after_packing_are_repacked_not_stale():
         model(ids)  # uses the packs
     model.load_state_dict(other.state_dict())  # in-place copies: every weight's version counter moves
     with torch.inference_mode():
-        assert (model(ids) - other(ids)).abs().max() <= 1e-5
+        assert_close_logits(model(ids), other(ids))
     with torch.no_grad():
         model.blocks[0].ffn.fc.weight.mul_(0.5)  # one more in-place change, no load_state_dict
         packed = model(ids)
     set_linear_backend(model, "mkl")
     with torch.no_grad():
-        assert (packed - model(ids)).abs().max() <= 1e-5
+        assert_close_logits(packed, model(ids))
 
 
 def test_dtype_and_device_changes_fall_back_or_repack():
@@ -80,9 +80,9 @@ def test_dtype_and_device_changes_fall_back_or_repack():
         ref = model(ids)
         set_linear_backend(model, "onednn")
         model.double()  # new storage in another dtype: the fp32 packs may not be used
-        assert (model(ids).float() - ref).abs().max() <= 1e-5
+        assert_close_logits(model(ids), ref)
         model.float()  # new fp32 storage: the packs are rebuilt from it
-        assert (model(ids) - ref).abs().max() <= 1e-5
+        assert_close_logits(model(ids), ref)
 
 
 def test_training_forward_uses_the_differentiable_path():

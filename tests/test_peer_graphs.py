@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
+from helpers import assert_close_logits, cached_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,14 +37,12 @@ def test_kvgraph_prefill_and_steps_match_the_model(b, t, steps, impl, seed):
     with torch.no_grad():
         logits, key, value = prefill(ids[:, :t], empty_cache(c, b), empty_cache(c, b))
         ref = model(ids[:, :t], last_only=True)  # (B, V), no cache
-        record_diff("KVGraph prefill vs model", (logits - ref).abs().max())
-        assert torch.allclose(logits, ref, atol=1e-5, rtol=0)
+        assert_close_logits(logits, ref, "KVGraph prefill vs model")
         for i in range(t, t + steps):
             graph = step if i % 2 else prefill  # the T=1 step graph and the general graph must agree
             logits, key, value = graph(ids[:, i:i + 1], key, value)
             ref = model(ids[:, :i + 1], last_only=True)
-            record_diff("KVGraph step vs model", (logits - ref).abs().max())
-            assert torch.allclose(logits, ref, atol=1e-5, rtol=0)
+            assert_close_logits(logits, ref, "KVGraph step vs model")
             assert key.shape == value.shape == (c.n_layers, b, c.kv_heads, i + 1, c.head_dim)
 
 

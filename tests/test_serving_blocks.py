@@ -125,3 +125,22 @@ def test_hashes_are_the_same_in_every_process():
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
     assert out == str(prefix_hashes([1, 2, 3, 4, 5, 6], 3))
+
+
+def test_references_carry_their_holder():
+    """Issue 22, family 2: freeing for an owner that holds no reference raises before any change; an untagged free
+    takes the latest holder's reference (that holder's next use raises in PagedKVCache, tests/test_serving_paged.py)."""
+    a = BlockAllocator(3, 4)
+    b = a.allocate(owner=0)
+    a.fork(b, owner=1)
+    assert a.holds(0, b) and a.holds(1, b) and not a.holds(2, b)
+    before = (list(a.ref_counts), {k: list(v) for k, v in a.holders.items()})
+    with pytest.raises(ValueError, match="owner=2 holds no reference to block 0"):
+        a.free(b, owner=2)
+    with pytest.raises(ValueError, match="owner="):
+        a.free(b, owner="seq 0")
+    assert (list(a.ref_counts), {k: list(v) for k, v in a.holders.items()}) == before
+    a.free(b)  # untagged: the latest holder (1) loses its reference
+    assert a.holds(0, b) and not a.holds(1, b) and a.ref_counts[b] == 1
+    a.free(b, owner=0)
+    assert b in a.free_ids and not a.holders

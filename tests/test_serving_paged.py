@@ -3,8 +3,8 @@ tokens into the slots its block tables name, never writes a shared block in plac
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
-from hypothesis import given
+from helpers import assert_close_logits, cached_model, snapshot
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgpt import KVCacheManager
@@ -70,8 +70,7 @@ def test_paged_logits_equal_static_cache_logits(schedule, impl):
     for i, s in enumerate(seqs):
         chunks = [toks for call in calls for j, toks in call if j == i]
         want = torch.cat(_static_logits(model, chunks))
-        diff = record_diff("paged vs static logits", (torch.cat(got[i]) - want).abs().max())
-        assert diff <= 1e-5
+        assert_close_logits(torch.cat(got[i]), want, "paged vs static logits")
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "manual"])
@@ -93,7 +92,7 @@ def test_block_boundary_crossed_mid_prefill_and_mid_decode(impl):
     assert len(cache.tables[0]) == 3 and cache.lengths == {0: 9, 1: 6}
     for i in (0, 1):
         want = torch.cat(_static_logits(model, [toks for call in calls for j, toks in call if j == i]))
-        assert (torch.cat(got[i]) - want).abs().max() <= 1e-5
+        assert_close_logits(torch.cat(got[i]), want)
 
 
 @given(schedules())
@@ -132,8 +131,8 @@ def test_shared_block_is_copied_on_write_and_the_original_stays_intact():
     assert cache.tables[1][1] != shared and cache.tables[1][0] == cache.tables[0][0]  # copied, prefix still shared
     assert all(torch.equal(pool[shared], old) for pool, old in zip(cache.k_pools, before))
     got_a = _paged_call(model, cache, [(0, a)])[0]
-    assert (got_a - _static_logits(model, [prompt, a])[1]).abs().max() <= 1e-5
-    assert (got_b - _static_logits(model, [prompt, b])[1]).abs().max() <= 1e-5
+    assert_close_logits(got_a, _static_logits(model, [prompt, a])[1])
+    assert_close_logits(got_b, _static_logits(model, [prompt, b])[1])
 
 
 def test_block_freed_while_in_use_is_caught():
@@ -239,7 +238,7 @@ def test_crop_releases_blocks_and_continues_like_a_fresh_prefill(block_size, tok
     rest = tokens[n:] if n else tokens
     got = _paged_call(model, cache, [(0, rest)])[0]
     want = _static_logits(model, [tokens[:n], rest] if n else [rest])[-1]
-    assert record_diff("paged crop: continued vs fresh", (got - want).abs().max().item()) <= 1e-5
+    assert_close_logits(got, want, "paged crop: continued vs fresh")
 
 
 def test_crop_never_touches_a_block_another_sequence_shares():
@@ -257,3 +256,69 @@ def test_crop_never_touches_a_block_another_sequence_shares():
     for j, block in enumerate(cache.tables[0]):
         for pool, old in zip(cache.k_pools, before):
             assert torch.equal(pool[block], old[block]), f"sequence 0's block {j} changed"
+
+
+MISUSE = st.lists(st.tuples(st.sampled_from(["call", "call", "call", "free_block", "unknown", "free_seq"]),
+                            st.integers(0, 63), st.lists(st.integers(0, 66), min_size=1, max_size=5)), max_size=16)
+
+
+@settings(max_examples=100)
+@given(MISUSE, st.integers(1, 4))
+def test_allocator_and_table_misuse_never_corrupts_another_sequence(ops, block_size):
+    """Issue 22, family 2: a block freed through the allocator behind a sequence's back (and handed to another),
+    a double free, an unknown sequence id: the victim's next use raises ValueError naming it, refused calls change
+    nothing, and every other sequence's logits stay those of the static cache."""
+    model = cached_model()
+    cache = PagedKVCache(model.config, 12, block_size)
+    history, hit = {}, set()  # tokens each live sequence holds; sequences a hostile free took a block from
+    for kind, x, toks in ops:
+        if kind == "call":
+            s = x % 3
+            if s not in history:
+                cache.add_sequence(s)
+                history[s] = []
+            if len(history[s]) + len(toks) > model.config.block_size:
+                continue
+            try:
+                logits = _paged_call(model, cache, [(s, toks)])[0]
+            except NoFreeBlocksError:
+                continue  # a dry pool: reserve is all or nothing
+            except ValueError as e:
+                assert s in hit and f"sequence {s} uses block(s)" in str(e), e
+                continue
+            assert s not in hit, f"sequence {s} read a block freed behind its back instead of raising"
+            history[s] += toks
+            cache.commit(s, len(toks), history[s])
+            want = _static_logits(model, [history[s]])[0][-len(toks):]
+            assert_close_logits(logits, want)
+        elif kind == "free_block":
+            held = sorted(cache.allocator.holders) if x % 4 else []  # mostly a block in use, sometimes any block
+            b = held[x % len(held)] if held else x % cache.allocator.num_blocks
+            holders = list(cache.allocator.holders.get(b, []))
+            before = snapshot(cache)
+            try:
+                cache.allocator.free(b)
+            except ValueError as e:
+                assert not holders and "not in use" in str(e) and snapshot(cache) == before
+                continue
+            hit.add(holders[-1])  # an untagged free takes the latest holder's reference
+        elif kind == "unknown":
+            bad = 100 + x
+            for call in (lambda: cache.reserve(bad, 3), lambda: cache.commit(bad, 1, [1]), lambda: cache.crop(bad, 0),
+                         lambda: cache.blocks_needed(bad, 3), lambda: cache.free_sequence(bad),
+                         lambda: cache.batch([bad], [1]), lambda: cache.fork_sequence(bad, 99)):
+                before = snapshot(cache)
+                with pytest.raises(ValueError, match=f"={bad}: no such sequence"):
+                    call()
+                assert snapshot(cache) == before
+        elif kind == "free_seq" and history:
+            s = sorted(history)[x % len(history)]
+            before = snapshot(cache)
+            try:
+                cache.free_sequence(s)
+            except ValueError as e:
+                assert s in hit and f"sequence {s}" in str(e) and snapshot(cache) == before
+                continue
+            del history[s]
+            with pytest.raises(ValueError, match=f"seq_id={s}: no such sequence .*double free"):
+                cache.free_sequence(s)

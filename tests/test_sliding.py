@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import cached_model, record_diff
+from helpers import assert_close_logits, cached_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,9 +44,7 @@ def test_every_step_equals_a_fresh_prefill_of_its_window(kind, prompt, window, n
     with torch.no_grad():
         for step, win in enumerate(windows(prompt, new, block, window)):
             fresh = m(torch.tensor([win]))[0, -1]  # a brand-new forward of exactly the kept window
-            diff = (logits[step] - fresh).abs().max()
-            assert diff <= 1e-5, f"step {step}: logits differ by {diff} from a fresh prefill of its window"
-            record_diff("slide: logits vs fresh prefill of the window", diff)
+            assert_close_logits(logits[step], fresh, "slide: logits vs fresh prefill of the window")
     slides = sum(1 for a, b in zip(windows(prompt, new, block, window), windows(prompt, new, block, window)[1:])
                  if len(b) <= len(a))
     assert gen.last_stats.slides == slides
@@ -84,7 +82,7 @@ def test_a_padded_row_slides_with_its_batch_and_sees_only_its_own_tokens(window)
     with torch.no_grad():
         for b, pad in ((0, 0), (1, 5)):
             for step, win in enumerate(windows(rows[b], out[b][len(rows[b]):], block, window, pad)):
-                assert torch.allclose(logits[b][step], m(torch.tensor([win]))[0, -1], atol=1e-5), (b, step)
+                assert_close_logits(logits[b][step], m(torch.tensor([win]))[0, -1])
 
 
 def test_policies_and_windows_are_checked():

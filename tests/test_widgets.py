@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
-from helpers import cached_model
+from helpers import assert_close_logits, cached_model
 
 from kvgpt.generation import AutoregressiveGenerator
 from kvgpt.sampling import Sampler
@@ -85,7 +85,7 @@ def model_logits(prompt: str) -> torch.Tensor:
 
 def test_chart_follows_every_knob(panel):
     ids = TOK.encode("ROMEO:\n")
-    assert torch.allclose(panel.logits, model_logits("ROMEO:\n"), atol=1e-5)
+    assert_close_logits(panel.logits, model_logits("ROMEO:\n"))
     assert len(panel.chart.outputs) == 1 and "image/png" in panel.chart.outputs[0]["data"]
     panel.top_k.value = 3
     assert int((panel.probs > 0).sum()) == 3
@@ -93,7 +93,7 @@ def test_chart_follows_every_knob(panel):
     sampler = Sampler(temperature=0.7, top_p=0.5, repetition_penalty=1.3)
     assert torch.equal(panel.probs, sampler.probs(panel.logits, history=ids))
     panel.prompt.value = "JULIET:\n"  # a new prompt: new logits
-    assert torch.allclose(panel.logits, model_logits("JULIET:\n"), atol=1e-5)
+    assert_close_logits(panel.logits, model_logits("JULIET:\n"))
     assert torch.equal(panel.probs, sampler.probs(panel.logits, history=TOK.encode("JULIET:\n")))
 
 

@@ -119,10 +119,11 @@ class TimedModel:
 def step_overhead(engine_factory, model, requests: list[Request]) -> dict:
     """Where an engine's step time goes: the model call vs the engine's Python (scheduling, tables, sampling).
 
-    engine_factory(model) -> an engine; the same requests are served with a TimedModel in place of model.
+    engine_factory(model) -> an engine; the same requests are served with a TimedModel in place of its model
+    (swapped in after construction: the engine's constructor accepts only a real kvgpt model).
     """
-    timed = TimedModel(model)
-    engine = engine_factory(timed)
+    engine = engine_factory(model)
+    engine.model = timed = TimedModel(engine.model)
     start = time.perf_counter()
     for r in requests:
         engine.add_request(list(r.prompt), r.max_new_tokens)

@@ -10,12 +10,18 @@ MiniGPTInferenceModel.prefill runs over pages. Introduced in notebooks/10_paged_
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
-from ..batching import padded_attention_mask, padded_position_ids
-from ..config import ModelConfig
-from ..kv_cache import KVCache, check_crop_length
+from ..config import ModelConfig, check_config
+from ..kv_cache import check_crop_length
+from ..validation import (check_allocation, check_bool, check_device, check_dtype, check_id_list, check_int,
+                          check_positive_int, fail_type, is_int, show)
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
+from .paged_batch import PagedBatch, PagedLayer
+
+__all__ = ["PagedKVCache", "PagedBatch", "PagedLayer"]
 
 
 class PagedKVCache:
@@ -28,10 +34,17 @@ class PagedKVCache:
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int = 16, device=None,
                  dtype: torch.dtype = torch.float32, enable_prefix_caching: bool = True) -> None:
-        self.allocator = BlockAllocator(num_blocks, block_size)
-        self.config, self.block_size, self.prefix_caching = config, block_size, bool(enable_prefix_caching)
+        check_config("config", config)
+        num_blocks, block_size = check_positive_int("num_blocks", num_blocks), check_positive_int("block_size", block_size)
+        device = check_device("device", device, allow_meta=True)
+        dtype = check_dtype("dtype", dtype) or torch.float32
+        self.prefix_caching = check_bool("enable_prefix_caching", enable_prefix_caching)
         heads = config.kv_heads  # grouped-query attention stores fewer heads
         shape = (num_blocks, block_size, heads, config.head_dim)  # (blocks, slots, H, D)
+        nbytes = 2 * config.n_layers * num_blocks * block_size * heads * config.head_dim * dtype.itemsize
+        check_allocation(f"PagedKVCache(num_blocks={num_blocks}, block_size={block_size})", nbytes, device)
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.config, self.block_size = config, block_size
         self.k_pools = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.v_pools = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.tables: dict[int, list[int]] = {}
@@ -56,22 +69,48 @@ class PagedKVCache:
                 fill[block] = max(fill.get(block, 0), min(self.block_size, max(self.lengths[s] - j * self.block_size, 0)))
         return sum(fill.values())
 
+    def _table(self, name: str, seq_id, held: bool = True) -> list[int]:
+        """seq_id's block table; held: also check it holds every block in it (none freed behind its back), before
+        anything reads, writes, registers, shares or frees them."""
+        if not is_int(seq_id) or seq_id not in self.tables:
+            raise ValueError(f"{name}={show(seq_id)}: no such sequence (add_sequence() starts one; a freed one is gone)")
+        table = self.tables[seq_id]
+        lost = self._lost(seq_id) if held else []
+        if lost:
+            raise ValueError(f"sequence {seq_id} uses block(s) {lost}, which were freed while still in its table")
+        return table
+
+    def _lost(self, seq_id) -> list[int]:
+        """Blocks of seq_id's table it holds no reference for (freed behind its back; one may even have come back
+        to it, then it appears twice in its table but is held once)."""
+        table, holders = self.tables[seq_id], self.allocator.holders
+        if all(seq_id in holders.get(b, ()) for b in table) and len(set(table)) == len(table):
+            return []  # the common case, on every engine step
+        return [b for b, n in Counter(table).items() if holders.get(b, []).count(seq_id) < n]
+
+    def _end(self, end) -> int:
+        return check_int("end", end, 0)  # past the pool: NoFreeBlocksError; past the context: the model refuses
+
     def add_sequence(self, seq_id: int, tokens=None) -> int:
         """Start a block table for seq_id; reuse cached full blocks of `tokens`' prefix. -> tokens reused.
 
         At least the last token is always left to compute (its logits are needed), as in vLLM.
         """
+        check_int("seq_id", seq_id)
         if seq_id in self.tables:
             raise ValueError(f"seq_id={seq_id} already has a block table")
+        if tokens is not None and not isinstance(tokens, (list, tuple)):
+            fail_type("tokens", tokens, "None or a list of the sequence's token ids")
+        check_id_list("tokens", tokens or [], self.config.vocab_size)
         table, hashes, parent, a, bs = [], [], None, self.allocator, self.block_size
         if self.prefix_caching and tokens:
             for start in range(0, len(tokens) - bs, bs):  # full blocks strictly before the last token
-                chunk = tokens[start : start + bs]
+                chunk = list(tokens[start : start + bs])
                 h = block_hash(parent, chunk)
                 block = a.lookup(h, parent, chunk)
                 if block is None:
                     break
-                table.append(a.fork(block))
+                table.append(a.fork(block, seq_id))
                 hashes.append(h)
                 parent = h
         self.tables[seq_id], self.hashes[seq_id], self.lengths[seq_id] = table, hashes, len(table) * bs
@@ -79,14 +118,17 @@ class PagedKVCache:
 
     def fork_sequence(self, src: int, dst: int) -> None:
         """dst shares every block of src (refcount + 1), e.g. two continuations of one prompt."""
-        if src not in self.tables or dst in self.tables:
-            raise ValueError(f"fork_sequence({src}, {dst}): src must exist and dst must not")
-        self.tables[dst] = [self.allocator.fork(b) for b in self.tables[src]]
+        table = self._table("src", src)
+        check_int("dst", dst)
+        if dst in self.tables:
+            raise ValueError(f"dst={dst}: already has a block table (fork into a new sequence id)")
+        self.tables[dst] = [self.allocator.fork(b, dst) for b in table]
         self.hashes[dst], self.lengths[dst] = list(self.hashes[src]), self.lengths[src]
 
     def blocks_needed(self, seq_id: int, end: int) -> int:
         """How many new blocks seq_id's table needs to hold `end` slots."""
-        return max(-(-end // self.block_size) - len(self.tables[seq_id]), 0)
+        table = self._table("seq_id", seq_id, held=False)  # counting touches no block
+        return max(-(-self._end(end) // self.block_size) - len(table), 0)
 
     def reserve(self, seq_id: int, end: int) -> None:
         """Grow seq_id's table to hold `end` slots; all or nothing (NoFreeBlocksError leaves it unchanged)."""
@@ -94,16 +136,29 @@ class PagedKVCache:
         if need > self.allocator.num_free:
             raise NoFreeBlocksError(f"sequence {seq_id} needs {need} more blocks for {end} slots, "
                                     f"{self.allocator.num_free} free of {self.allocator.num_blocks}")
-        self.tables[seq_id].extend(self.allocator.allocate() for _ in range(need))
+        self.tables[seq_id].extend(self.allocator.allocate(seq_id) for _ in range(need))
 
     def free_sequence(self, seq_id: int) -> None:
         """Return seq_id's blocks, last block first, so LRU eviction takes a prefix's tail before its head."""
-        freed = [b for b in self.tables[seq_id] if self.allocator.ref_counts[b] == 0]
+        if not is_int(seq_id) or seq_id not in self.tables:
+            raise ValueError(f"seq_id={show(seq_id)}: no such sequence (never added, or freed already: double free)")
+        freed = self._lost(seq_id)
         if freed:  # checked first, so a failed free changes nothing
-            raise ValueError(f"sequence {seq_id}: block(s) {freed} are not in use (refcount 0): double free")
+            raise ValueError(f"sequence {seq_id}: block(s) {freed} are not in use (refcount 0): double free"
+                             if all(self.allocator.ref_counts[b] == 0 for b in freed) else
+                             f"sequence {seq_id}: block(s) {freed} were freed while in its table and now belong "
+                             "to another holder")
         for block in reversed(self.tables.pop(seq_id)):
-            self.allocator.free(block)
+            self.allocator.free(block, seq_id)
         del self.lengths[seq_id], self.hashes[seq_id]
+
+    def release(self, seq_id) -> None:
+        """Forget seq_id's table (if any), returning only the references it still holds: the cleanup after a failed
+        call, which must not fail again (free_sequence refuses a table with a block freed behind its back)."""
+        for block in reversed(self.tables.pop(seq_id, [])):
+            if self.allocator.holds(seq_id, block):
+                self.allocator.free(block, seq_id)
+        self.lengths.pop(seq_id, None), self.hashes.pop(seq_id, None)
 
     def crop(self, seq_id: int, length: int) -> None:
         """Roll seq_id back to its first `length` slots (speculative decoding's rollback): blocks past them are
@@ -111,12 +166,11 @@ class PagedKVCache:
         blocks no longer full are dropped; a kept, registered block is copied before its next write.
         Introduced in notebooks/13_speculative_decoding.ipynb.
         """
-        if seq_id not in self.tables:
-            raise ValueError(f"seq_id={seq_id!r} has no block table")
+        table = self._table("seq_id", seq_id)
         check_crop_length(length, self.lengths[seq_id])  # before any change
-        table, keep = self.tables[seq_id], -(-length // self.block_size)
+        keep = -(-length // self.block_size)
         for block in reversed(table[keep:]):
-            self.allocator.free(block)
+            self.allocator.free(block, seq_id)
         del table[keep:], self.hashes[seq_id][length // self.block_size :]
         self.lengths[seq_id] = length
 
@@ -125,14 +179,19 @@ class PagedKVCache:
 
         `tokens` are the sequence's token ids (at least its filled slots).
         """
+        table, length = self._table("seq_id", seq_id), self.lengths[seq_id]
+        n = check_int("n", n, 1, len(table) * self.block_size - length,
+                      f"an int in 1..{len(table) * self.block_size - length} (slots reserved and not yet filled)")
+        if not isinstance(tokens, (list, tuple)) or len(tokens) < length + n:
+            fail_type("tokens", tokens, f"a list of at least the {length + n} token ids of the filled slots")
         self.lengths[seq_id] += n
         if not self.prefix_caching:
             return
         hashes, bs = self.hashes[seq_id], self.block_size
         for j in range(len(hashes), self.lengths[seq_id] // bs):
-            parent, chunk = (hashes[-1] if hashes else None), tokens[j * bs : (j + 1) * bs]
+            parent, chunk = (hashes[-1] if hashes else None), list(tokens[j * bs : (j + 1) * bs])
             hashes.append(block_hash(parent, chunk))
-            self.allocator.register(self.tables[seq_id][j], hashes[-1], parent, chunk)
+            self.allocator.register(table[j], hashes[-1], parent, chunk)
 
     def _make_writable(self, seq_id: int, start: int, end: int) -> None:
         """Copy-on-write: a block about to receive slots start..end-1 that is shared or cached is copied first."""
@@ -140,123 +199,36 @@ class PagedKVCache:
         for j in range(start // bs, -(-end // bs)):
             old = table[j]
             if self.allocator.is_shared_or_full(old):
-                new = self.allocator.allocate()  # may raise NoFreeBlocksError; nothing was written yet
+                new = self.allocator.allocate(seq_id)  # may raise NoFreeBlocksError; nothing was written yet
                 for pool in self.k_pools + self.v_pools:
                     pool[new] = pool[old]
                 table[j] = new
-                self.allocator.free(old)  # the other holders keep the original intact
+                self.allocator.free(old, seq_id)  # the other holders keep the original intact
                 if j < len(self.hashes[seq_id]):
                     del self.hashes[seq_id][j:]  # this sequence's copy is no longer the registered one
 
-    def batch(self, seq_ids: list[int], num_new: list[int]) -> "PagedBatch":
-        """The manager for ONE model call: row b appends num_new[b] tokens to sequence seq_ids[b]."""
+    def batch(self, seq_ids: list[int], num_new: list[int]) -> PagedBatch:
+        """The manager for ONE model call: row b appends num_new[b] tokens to sequence seq_ids[b].
+
+        Every row is checked before any block is copied (copy-on-write), so a refused call changes nothing.
+        """
+        for name, value in (("seq_ids", seq_ids), ("num_new", num_new)):
+            if not isinstance(value, (list, tuple)) or not value:
+                fail_type(name, value, "a non-empty list, one entry per row")
+        tables = [self._table("seq_ids", s) for s in seq_ids]
+        if len(seq_ids) != len(num_new) or len(set(seq_ids)) != len(seq_ids):
+            raise ValueError(f"seq_ids={show(seq_ids)}, num_new={show(num_new)}: one num_new per row and each "
+                             "sequence in one row only (two rows of one sequence would write the same slots)")
+        for s, n, table in zip(seq_ids, num_new, tables):
+            room = len(table) * self.block_size - self.lengths[s]
+            check_int("num_new", n, 1)
+            if n > room:
+                raise ValueError(f"sequence {s} has blocks for {len(table) * self.block_size} slots but this "
+                                 f"call writes up to {self.lengths[s] + n}; reserve() first (never a silent overwrite)")
         for s, n in zip(seq_ids, num_new):
-            if s not in self.tables or n < 1:
-                raise ValueError(f"seq_id={s} (num_new={n}): needs a block table and num_new >= 1")
-            end = self.lengths[s] + n
-            if end > len(self.tables[s]) * self.block_size:
-                raise ValueError(f"sequence {s} has blocks for {len(self.tables[s]) * self.block_size} slots but this "
-                                 f"call writes up to {end}; reserve() first (never a silent overwrite)")
-            freed = [b for b in self.tables[s] if self.allocator.ref_counts[b] == 0]
-            if freed:
-                raise ValueError(f"sequence {s} uses block(s) {freed}, which were freed while still in its table")
-            self._make_writable(s, self.lengths[s], end)
-        return PagedBatch(self, seq_ids, num_new)
+            self._make_writable(s, self.lengths[s], self.lengths[s] + n)
+        return PagedBatch(self, list(seq_ids), [int(n) for n in num_new])
 
     def __repr__(self) -> str:
         return (f"PagedKVCache(sequences={len(self.tables)}, {self.allocator}, "
                 f"pool={tuple(self.k_pools[0].shape)} x {2 * len(self.k_pools)}, nbytes={self.nbytes})")
-
-
-class PagedBatch:
-    """What MiniGPTInferenceModel asks of its cache, answered for ragged rows of a paged cache.
-
-    Row b has past p_b slots and n_b new tokens, LEFT-padded to T = max n_b so x[:, -1] is each row's last
-    real token. Query j of row b sits at position p_b - (T - n_b) + j (clamped at 0: a padding query then
-    sees key 0, never nothing). Keys are gathered per row by position, S = max(p_b + n_b), right-padded;
-    the (B, 1, T, S) mask "key position <= query position" hides padding, unfilled slots and other rows.
-    Introduced in notebooks/10_paged_attention.ipynb.
-    """
-
-    def __init__(self, cache: PagedKVCache, seq_ids: list[int], num_new: list[int]) -> None:
-        device, bs = cache.k_pools[0].device, cache.block_size
-        lengths = [cache.lengths[s] for s in seq_ids]
-        self.cache, self.batch_size, self.t = cache, len(seq_ids), max(num_new)
-        self.s = max(p + n for p, n in zip(lengths, num_new))
-        self.length = sum(lengths)  # filled slots of these rows before the call: what each layer starts from
-        self.length_after = self.length + sum(num_new)
-        past, new = torch.tensor(lengths, device=device), torch.tensor(num_new, device=device)  # (B,), (B,)
-        ends = past + new  # (B,)
-        width = max(len(cache.tables[s]) for s in seq_ids)
-        tables = torch.tensor([cache.tables[s] + [0] * (width - len(cache.tables[s])) for s in seq_ids],
-                              device=device)  # (B, blocks)
-        starts = past - (self.t - new)  # (B,): the slot of each row's first query (below 0: left padding)
-        self._starts, self._none = starts, torch.zeros_like(past)  # positions = slots here: no padding slots
-        self._pos = padded_position_ids(self._none, starts, self.t)  # (B, T), padding queries clamped to 0
-        real = torch.arange(self.t, device=device)[None, :] >= (self.t - new)[:, None]  # (B, T): not padding
-        key_pos = torch.minimum(torch.arange(self.s, device=device), ends[:, None] - 1)  # (B, S)
-
-        def slot(pos):  # position -> flat slot id through the row's block table
-            return tables.gather(1, pos // bs) * bs + pos % bs
-
-        self.src = None if min(num_new) == self.t else real.flatten().nonzero().squeeze(1)  # (N,) rows of (B * T)
-        self.dst = slot(self._pos)[real]  # (N,) pool slots the real new tokens go to
-        self.gather = slot(key_pos).flatten()  # (B * S,)
-        self.layers = [PagedLayer(self, i) for i in range(len(cache.k_pools))]
-
-    def get(self, layer_idx: int) -> "PagedLayer":
-        return self.layers[layer_idx]
-
-    def check_call(self, model, b: int, t: int) -> None:
-        """Raise ValueError unless the model matches the pool (layers, K/V heads, dims) and (b, t) this batch."""
-        pool, c = self.cache.k_pools[0], model.config
-        heads = c.kv_heads
-        if (len(self.cache.k_pools), pool.shape[2], pool.shape[3]) != (c.n_layers, heads, c.head_dim):
-            raise ValueError(f"the paged pool holds {len(self.cache.k_pools)} layers of (H, D) = "
-                             f"{tuple(pool.shape[2:])} but the model has {c.n_layers} of {(heads, c.head_dim)}")
-        if (b, t) != (self.batch_size, self.t):
-            raise ValueError(f"token_ids is (B, T) = {(b, t)} but this paged batch was built for "
-                             f"{(self.batch_size, self.t)}")
-
-    def context_end(self, t: int) -> int:
-        """The longest row's end, p_b + n_b (the model checks it against block_size)."""
-        if t != self.t:
-            raise ValueError(f"token_ids has T={t} columns but this paged batch was built for T={self.t}")
-        return self.s
-
-    def position_ids(self, t: int, device=None) -> torch.Tensor:
-        """Each new token's position in its own sequence. -> (B, T)."""
-        return self._pos
-
-    def attention_mask(self, t: int, device=None) -> torch.Tensor:
-        """(B, 1, T, S) bool: query j of row b sees key positions 0 .. its own position."""
-        return padded_attention_mask(self._none, self._starts, self.t, self.s)  # kvgpt/batching.py's ragged math
-
-
-class PagedLayer(KVCache):
-    """One layer's view of a PagedBatch: `append` writes the real new keys/values and gathers every visible one
-    (KVCache.attend then attends over them).
-
-    Introduced in notebooks/10_paged_attention.ipynb.
-    """
-
-    def __init__(self, batch: PagedBatch, layer_idx: int) -> None:
-        self.batch, self.layer_idx, self.length = batch, layer_idx, batch.length
-
-    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, T, D) new keys/values -> (B, H, S, D) every key/value row b may see (padding masked)."""
-        batch, cache = self.batch, self.batch.cache
-        b, h, t, d = k_new.shape
-        if self.length != batch.length or (b, t) != (batch.batch_size, batch.t):
-            raise ValueError(f"layer {self.layer_idx}: a PagedBatch serves one model call of (B, T) = "
-                             f"{(batch.batch_size, batch.t)}; got {(b, t)} after {self.length - batch.length} slots")
-        out = []
-        for new, pool in ((k_new, cache.k_pools[self.layer_idx]), (v_new, cache.v_pools[self.layer_idx])):
-            if new.dtype != pool.dtype:
-                raise ValueError(f"keys/values are {new.dtype} but the pool holds {pool.dtype}")
-            flat = pool.view(-1, h, d)  # (num_blocks * block_size, H, D)
-            rows = new.transpose(1, 2).reshape(b * t, h, d)  # (B * T, H, D)
-            flat.index_copy_(0, batch.dst, rows if batch.src is None else rows.index_select(0, batch.src))
-            out.append(flat.index_select(0, batch.gather).view(b, batch.s, h, d).transpose(1, 2))  # (B, H, S, D)
-        self.length = batch.length_after
-        return out[0], out[1]

@@ -132,8 +132,16 @@ class Scheduler:
         self.stats.preemptions += 1
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """A sequence is done: it leaves the running queue and its blocks return to the pool (or the cache)."""
+        """A sequence is done: it leaves its queue and its blocks return to the pool (or the cache).
+
+        reason "error" or "abort" (a failed call, a reader that left): whatever blocks it still holds are released
+        without the double-free check, so cleaning up after a failure never fails again.
+        """
         seq.finish_reason = reason
-        self.running.remove(seq)
-        self.cache.free_sequence(seq.request_id)
+        running = any(s is seq for s in self.running)
+        (self.running if running else self.waiting).remove(seq)
+        if reason in ("error", "abort"):
+            self.cache.release(seq.request_id)
+        elif running:
+            self.cache.free_sequence(seq.request_id)
         self.stats.finished += 1
