@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .model import MiniGPTInferenceModel
-from .validation import check_device, check_dtype, check_model, check_path
+from .model import MiniGPTInferenceModel, check_model
+from .validation import check_device, check_dtype, check_path
 
 # The one name map. kvgpt name -> HF GPT-2 name (without the optional "transformer." prefix).
 GLOBAL_NAMES = {
