@@ -6,7 +6,7 @@ step has nothing that changes between steps except tensor values: here the cache
 (B, Hkv, capacity, D) shape, the new key and value go in with index_copy_ at a tensor position, and a mask hides
 the slots not written yet (gpt-fast's recipe). Nothing inside syncs with the host: the token-id check runs once
 per call outside the graph (the generator's own argmax/sampled ids need none). Prefill stays eager (it runs once).
-Introduced in notebooks/08_benchmarks.ipynb.
+Introduced in notebooks/08b_engines_and_kernels.ipynb.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def graph_capacity(needed: int, block_size: int) -> int:
     """The cache capacity a compiled generation uses: the next power of two >= needed (>= 64), <= block_size.
 
     Each capacity is one compiled graph, so rounding up keeps their number at log2(block_size / 64) + 1.
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
     capacity = CAPACITY_FLOOR
     while capacity < needed:
@@ -49,7 +49,7 @@ class StaticStepView:
     over the whole buffer, the slots not written yet and each row's padding masked: nothing in the graph depends
     on a Python int that changes between steps, so one graph serves every position (gpt-fast's recipe).
     `length` is 0 for the same reason: the position lives in the tensor, not in the trace.
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
 
     length = 0
@@ -90,7 +90,7 @@ def compiled_step(model, next_ids, position, pad, keys, values):
     """One decode step as pure tensor code: the model's own forward (`_run`) over a StaticStepView.
 
     Shapes: next_ids (B, 1), position (1,) long, pad (B,), keys/values L buffers (B, Hkv, capacity, D) -> (B, V).
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
     return model._run(next_ids, StaticStepView(position, pad, keys, values), 0, last_only=True)
 
@@ -120,7 +120,7 @@ class CompiledDecoder:
     it holds a copy of the weights, so a change to them after compiling recompiles before the next step;
     a parameter *replaced* by a new object is not seen: build a new CompiledDecoder then).
 
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
 
     def __init__(self, model, backend: str = "inductor", mode: str | None = None):

@@ -8,7 +8,7 @@ path can be forced on Intel with MKL_CBWR=COMPATIBLE, which is how it is measure
 torch) JIT-compiles its kernels for the CPU it finds, whatever the vendor, and parallelises them over threads.
 `set_linear_backend(model, "onednn")` reorders every weight once into oneDNN's blocked layout (a second copy:
 +1x the linear weights' bytes) and keeps the originals for state_dict, training and everything else.
-Introduced in notebooks/08_benchmarks.ipynb.
+Introduced in notebooks/08b_engines_and_kernels.ipynb.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Linear(nn.Linear):
     inference_mode for fp32 CPU inputs; it remembers the weight's storage and version counter, so a weight
     replaced or changed in place after packing (.to(), load_state_dict, an optimiser step) is repacked, never
     silently stale.
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
 
     _packed: torch.Tensor | None = None
@@ -100,7 +100,7 @@ def set_linear_backend(model: nn.Module, backend: str = "auto", batch_hint: int 
 
     batch_hint: the rows per call the packed layout is tuned for (1 for single-stream decode; 8 or more for
     batched decode: measured in notebooks/08). Validated before any layer changes.
-    Introduced in notebooks/08_benchmarks.ipynb.
+    Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
     chosen, batch_hint = resolve_backend(backend), check_positive_int("batch_hint", batch_hint)
     layers = [m for m in model.modules() if isinstance(m, Linear)]
@@ -122,7 +122,7 @@ def recommended_threads(model: nn.Module, available: int | None = None) -> int:
     than on two, eager and compiled alike (a step of ~100 tiny ops: waking a second thread costs more than it
     saves); GPT-2-small (497 MB) is ~1.4x faster on two (its step streams weights: two cores read faster).
     Only those two sizes were measured; 16 MiB (weights well inside the L2 + L3 of a core) is where the rule
-    switches, not a measured crossover. Introduced in notebooks/08_benchmarks.ipynb.
+    switches, not a measured crossover. Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
     cores = available if available is not None else (os.cpu_count() or 1)
     weights = sum(p.nelement() * p.element_size() for p in model.parameters())  # a tied weight is listed once

@@ -24,10 +24,14 @@ def modules() -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: dict) -> set[str]:
-    """kvgpt modules imported anywhere in `path` (module level or inside functions)."""
+    """kvgpt modules imported anywhere in `path` (module level or inside functions; not under TYPE_CHECKING)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    found, tree = set(), ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}  # annotations only: never imported at run time
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))

@@ -2,7 +2,7 @@
 
 The peers themselves (ONNX Runtime, CTranslate2, llama.cpp, LLMs-from-scratch) run in .venv-peers and never in
 kvgpt; this module only reads the CSV they wrote, so the chapter and the README work without them.
-Introduced in notebooks/08_benchmarks.ipynb.
+Introduced in notebooks/08b_engines_and_kernels.ipynb.
 """
 
 from __future__ import annotations
