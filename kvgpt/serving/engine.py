@@ -15,6 +15,7 @@ import torch
 
 from ..batching import check_token_ids
 from ..sampling import Sampler, greedy, row_generators, seen_mask
+from ..validation import is_int
 from .blocks import NoFreeBlocksError
 from .paged import PagedKVCache
 from .scheduler import EngineStats, Scheduler, Sequence
@@ -96,6 +97,20 @@ class LLMEngine:
         if sampler is not None and sampler.knobs["repetition_penalty"] != 1.0:
             seq.seen = seen_mask([prompt], cfg.vocab_size, 1)
         return seq
+
+    def abort_request(self, request_id: int) -> None:
+        """Stop an unfinished request now (vLLM's abort_request): it leaves its queue and its blocks are freed.
+
+        Call it between steps, from the thread that calls step(). An id that is not unfinished (never given,
+        finished, or aborted already) raises ValueError naming it, and nothing changes.
+        Introduced in notebooks/15_serving.ipynb.
+        """
+        seq = self.requests.get(request_id) if is_int(request_id) else None  # True is not request 1
+        if seq is None:
+            raise ValueError(f"request_id={request_id!r}: no unfinished request has this id "
+                             f"({len(self.requests)} unfinished)")
+        self.scheduler.abort(seq)
+        del self.requests[request_id]
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

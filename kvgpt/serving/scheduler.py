@@ -134,6 +134,19 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence (its client left): a running one's blocks return to the pool now.
+
+        A waiting sequence holds no blocks (admission undoes its table when it cannot run; preemption frees it).
+        Introduced in notebooks/15_serving.ipynb.
+        """
+        seq.finish_reason = "abort"
+        if seq in self.running:
+            self.running.remove(seq)
+            self.cache.free_sequence(seq.request_id)
+        else:
+            self.waiting.remove(seq)
+
     def finish(self, seq: Sequence, reason: str) -> None:
         """A sequence is done: it leaves the running queue and its blocks return to the pool (or the cache)."""
         seq.finish_reason = reason
