@@ -23,7 +23,7 @@ class Handle:
 
     events: ("accepted", request_id) or ("error", exception) once, then ("token", id, finish_reason or None)
     per token (finish_reason "eos" or "max_new_tokens" on the last one), or ("error", exception) if the engine
-    dies. Times are time.perf_counter() seconds, written by the engine thread (the metrics read them).
+    dies; the HTTP side adds ("gone",) when the client disconnects. Times are time.perf_counter() seconds, written by the engine thread (the metrics read them).
     Introduced in notebooks/15_serving.ipynb.
     """
 
@@ -35,6 +35,7 @@ class Handle:
     scheduled: float | None = None  # first step that ran it
     last_token: float | None = None
     tokens: int = 0
+    watcher: object = None  # the HTTP side's disconnect watcher (an asyncio task), if any
 
     def post(self, *event) -> None:
         """Called by the engine thread: deliver an event to the request's own event loop."""

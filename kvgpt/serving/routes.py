@@ -34,30 +34,34 @@ class Server:
         self.capacity = engine.scheduler.max_num_seqs + max_queued_requests  # running + waiting
         self.in_flight, self.created = 0, int(time.time())
 
-    async def admit(self, body: bytes) -> Handle:
+    async def admit(self, request: Request) -> Handle:
         """Checked, queued and accepted by the engine -> its handle; RequestError otherwise (nothing left behind)."""
-        request = parse_completion(parse_body(body), self.served)
+        completion = parse_completion(parse_body(await request.body()), self.served)
         if not self.loop.alive:
             raise RequestError(f"the engine loop has stopped ({self.loop.error!r})", None, 503, "ServiceUnavailableError")
         if self.in_flight >= self.capacity:  # backpressure: answer now rather than queue without bound
             raise RequestError(f"the server is full: {self.in_flight} requests in flight, at most {self.capacity} "
                                "(--max-num-seqs + --max-queued-requests); retry later", None, 503,
                                "ServiceUnavailableError")
-        handle = Handle(request, asyncio.get_running_loop())
+        handle = Handle(completion, asyncio.get_running_loop())
         self.in_flight += 1
         self.loop.submit(handle)
         kind, value = await handle.events.get()  # the next drain: between two steps
         if kind == "error":
             self.in_flight -= 1
             raise RequestError(str(value)) from None
+        handle.watcher = asyncio.ensure_future(_watch(request, handle))
         return handle
 
     async def tokens(self, handle: Handle):
-        """Yield (text, finish_reason, stop_reason) per token until the request ends; abort it if left early."""
+        """Yield (text, finish_reason, stop_reason) per token until the request ends; abort it if it ends early
+        (the client left, a stop string, an engine failure)."""
         text, finished = CompletionText(self.served.tokenizer, handle.request.stop), False
         try:
             while True:
                 kind, *value = await handle.events.get()
+                if kind == "gone":
+                    return
                 if kind == "error":  # the engine loop died
                     raise RequestError(f"the engine failed: {value[0]!r}", None, 500, "InternalServerError")
                 token, reason = value
@@ -69,7 +73,8 @@ class Server:
                 yield delta, FINISH.get(reason), None
                 if finished:
                     return
-        finally:  # the client left, a stop string ended it, or the engine failed: free its blocks now
+        finally:  # free its blocks now: the engine drains the abort before its next step
+            handle.watcher.cancel()
             if not finished:
                 self.loop.abort(handle)
                 self.metrics.aborted.inc()
@@ -89,32 +94,28 @@ class Server:
             yield f"data: {json.dumps({**chunk(req, '', None), 'choices': [], 'usage': usage(req, n)})}\n\n"
         yield "data: [DONE]\n\n"
 
-    async def complete(self, handle: Handle, request: Request) -> dict | None:
-        """The whole completion as one JSON object; a client that disconnects first aborts it (-> None)."""
-        collect = asyncio.ensure_future(self._collect(handle))
-        gone = asyncio.ensure_future(_disconnected(request))
-        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-        if not collect.done():  # the client left: cancelling runs the generator's finally, which aborts
-            collect.cancel()
-            await asyncio.gather(collect, return_exceptions=True)
-            return None
-        text, finish, stop, n = await collect
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop}
-        return {**chunk(handle.request, "", None), "choices": [choice], "usage": usage(handle.request, n)}
-
-    async def _collect(self, handle: Handle):
+    async def complete(self, handle: Handle) -> dict | None:
+        """The whole completion as one JSON object (None if the client left first: it was aborted)."""
         parts, finish, stop = [], None, None
         async with aclosing(self.tokens(handle)) as tokens:
             async for text, finish, stop in tokens:
                 parts.append(text)
-        return "".join(parts), finish, stop, len(parts)
+        if finish is None:
+            return None
+        choice = {"index": 0, "text": "".join(parts), "logprobs": None, "finish_reason": finish, "stop_reason": stop}
+        return {**chunk(handle.request, "", None), "choices": [choice], "usage": usage(handle.request, len(parts))}
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client closes the connection (the body has been read: receive() waits for that)."""
+async def _watch(request: Request, handle: Handle) -> None:
+    """Tell the request's reader when its client closes the connection.
+
+    The body has been read, so receive() returns only at a disconnect (or once the response is complete, when
+    nobody reads the events any more). Without this a client that leaves is noticed only at the next write,
+    and a waiting request only after its prefill. vLLM races each handler against the same message.
+    """
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    handle.events.put_nowait(("gone",))
 
 
 def build_app(server: Server) -> FastAPI:
@@ -136,10 +137,10 @@ def build_app(server: Server) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        handle = await server.admit(await request.body())
+        handle = await server.admit(request)
         if handle.request.stream:
             return StreamingResponse(server.stream(handle), media_type="text/event-stream")
-        body = await server.complete(handle, request)
+        body = await server.complete(handle)
         return Response(status_code=499) if body is None else JSONResponse(body)  # 499: nginx's "client closed"
 
     @app.post("/v1/chat/completions")
