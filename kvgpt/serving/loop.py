@@ -48,7 +48,7 @@ class Handle:
 class EngineLoop:
     """Drives LLMEngine.step() in its own thread; add/abort/call from any thread through a command queue.
 
-    metrics: an object with on_step(engine, handles), on_token(handle, now, finish_reason) (or None).
+    metrics: None, or an object with on_token(handle, now, finish_reason), on_abort() and on_step(engine, pending).
     Introduced in notebooks/15_serving.ipynb.
     """
 
@@ -127,6 +127,8 @@ class EngineLoop:
             rid = command[1].request_id
             if self._handles.pop(rid, None) is not None:  # unknown: refused, or finished meanwhile
                 self.engine.abort_request(rid)
+                if self.metrics is not None:
+                    self.metrics.on_abort()
         elif kind == "call":
             fn, future = command[1], command[2]
             try:

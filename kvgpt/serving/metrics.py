@@ -47,7 +47,7 @@ class ServerMetrics:
         self.preemptions = one(Counter, "vllm:num_preemptions", "Requests preempted (blocks freed, recomputed later).")
         self.prompt_tokens = one(Counter, "vllm:prompt_tokens", "Prompt tokens admitted.")
         self.generation_tokens = one(Counter, "vllm:generation_tokens", "Tokens generated.")
-        self.aborted = one(Counter, "kvgpt:requests_aborted", "Requests aborted (client left, or a stop string).")
+        self.aborted = one(Counter, "kvgpt:requests_aborted", "Unfinished requests aborted (client left, stop string).")
         self.success = Counter("vllm:request_success", "Requests finished by the engine.",
                                ["model_name", "finished_reason"], registry=r)
         self.ttft = one(Histogram, "vllm:time_to_first_token_seconds", "Arrival to first token.", buckets=TTFT_BUCKETS)
@@ -72,6 +72,10 @@ class ServerMetrics:
         if finish_reason is not None:
             self.e2e.observe(now - handle.arrival)
             self.success.labels(self.model_name, FINISH.get(finish_reason, finish_reason)).inc()
+
+    def on_abort(self) -> None:
+        """An unfinished request was aborted (engine thread)."""
+        self.aborted.inc()
 
     def on_step(self, engine, pending: int) -> None:
         """After a step (engine thread): queue lengths, blocks, prefix-cache hits, preemptions."""

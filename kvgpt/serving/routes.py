@@ -77,7 +77,6 @@ class Server:
             handle.watcher.cancel()
             if not finished:
                 self.loop.abort(handle)
-                self.metrics.aborted.inc()
             self.in_flight -= 1
 
     async def stream(self, handle: Handle):
