@@ -4,7 +4,7 @@ the request checks map OpenAI's knobs to the Sampler a solo generation would use
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvgpt import CharTokenizer
@@ -14,8 +14,11 @@ TOK = CharTokenizer(list("abc\n "))
 SERVED = Served("m", TOK, 5, 64, 4, 16)
 
 
+@settings(max_examples=300)  # pure string work: cheap, and partial matches need many tries
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=40),
        st.lists(st.text(alphabet="abc\n ", min_size=1, max_size=4), max_size=3))
+@example([2, 0, 1, 2], ["ab"])  # "a" arrives alone: held back until "b" makes the stop string
+@example([0, 0, 1], ["aab", "ab"])  # two stops, overlapping
 def test_stop_strings_cut_before_the_first_and_are_never_streamed(ids, stops):
     text = CompletionText(TOK, stops)
     deltas = []
