@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from serve_helpers import NAME, embedded
 
 from kvgpt.export import export_hf
+from kvgpt.serving.server import spawn, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / os.environ.get("VLLM_VENV", ".venv-vllm")  # an absolute $VLLM_VENV replaces ROOT
@@ -30,53 +30,13 @@ def _skip_reason() -> str | None:
     return None
 
 
-def start_kvgpt_serve(*args: str, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """`python -m kvgpt serve --port 0 ...` -> (process, base URL) once it listens; bounded wait, killed on failure."""
-    proc = subprocess.Popen([sys.executable, "-m", "kvgpt", "serve", "--port", "0", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = _read_url(proc, timeout)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, url
-
-
-def _read_url(proc: subprocess.Popen, timeout: float) -> str:
-    import queue
-    import threading
-
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    seen = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"kvgpt serve did not start within {timeout} s: {''.join(seen)[-2000:]}") from None
-        seen.append(line)
-        if "listening on" in line:
-            return line.split("listening on")[1].strip()
-        if proc.poll() is not None:
-            raise RuntimeError(f"kvgpt serve exited with {proc.returncode}: {''.join(seen)[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(30)
-
-
 def test_vllm_bench_serve_completes_every_request(tmp_path):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     model, tok = embedded()
     folder = export_hf(model, tok, tmp_path / "hf")  # vLLM's client needs the tokenizer as a HF folder
-    proc, url = start_kvgpt_serve("--model", NAME, "--max-num-seqs", "16", "--threads", "1")
+    proc, url = spawn("--model", NAME, "--max-num-seqs", "16", "--threads", "1", cwd=ROOT)
     try:
         run = subprocess.run(
             [str(VENV / "bin" / "python"), "peers/vllm/cli.py", "bench", "serve", "--backend", "openai",
@@ -91,7 +51,7 @@ def test_vllm_bench_serve_completes_every_request(tmp_path):
         result = json.loads((tmp_path / "bench.json").read_text())
         metrics = httpx.get(f"{url}/metrics", timeout=30).text
     finally:
-        stop(proc)
+        stop_process(proc)
     assert result["completed"] == PROMPTS and result["failed"] == 0, result.get("errors")
     assert result["total_input_tokens"] == PROMPTS * INPUT and result["total_output_tokens"] == PROMPTS * OUTPUT
     assert result["p50_ttft_ms"] > 0 and result["p50_tpot_ms"] > 0

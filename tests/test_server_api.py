@@ -8,7 +8,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvgpt import CharTokenizer
-from kvgpt.serving.api import CompletionText, RequestError, Served, parse_completion
+from kvgpt.serving.api import RequestError, Served, parse_completion
+from kvgpt.serving.responses import CompletionText
 
 TOK = CharTokenizer(list("abc\n "))
 SERVED = Served("m", TOK, 5, 64, 4, 16)

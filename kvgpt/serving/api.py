@@ -1,8 +1,8 @@
 """The OpenAI completions API without the web: a JSON body -> a checked request; tokens -> the JSON chunks sent back.
 
 parse_completion() refuses a bad body with a RequestError naming the field (HTTP 400, OpenAI's error shape)
-before anything reaches the engine; CompletionText turns token ids into the text a client may see, cut before
-a stop string. Field names, defaults and response shapes follow OpenAI's /v1/completions as vLLM serves it.
+before anything reaches the engine (kvgpt/serving/responses.py builds what goes back). Field names and
+defaults follow OpenAI's /v1/completions as vLLM serves it.
 Introduced in notebooks/15_serving.ipynb.
 """
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from ..batching import check_token_ids
 from ..sampling import Sampler, check_knob
-from ..tokenizer import TextStream
 from ..validation import check_bool, check_int, check_seed, fail_type
 
 # Fields that change nothing at these values (what clients such as `vllm bench serve` send); others are refused
@@ -190,44 +189,3 @@ def _stop(stop) -> list[str]:
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise RequestError(f"stop={stop!r}: must be null, a non-empty string or a list of up to 4", "stop")
     return stops
-
-
-class CompletionText:
-    """Token ids -> the text a client may see: decoded as they come, cut before the first stop string.
-
-    A tail that could still become a stop string is held back until it cannot (so a client never sees the
-    beginning of a stop string). Introduced in notebooks/15_serving.ipynb.
-    """
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self._stream, self.stop = TextStream(tokenizer), stop
-        self.text, self.sent, self.stopped = "", 0, None  # stopped: the stop string that ended the text
-
-    def push(self, token: int, last: bool = False) -> str:
-        """The next token -> the text released now ("" while held back). last: release everything."""
-        self.text += self._stream.push(token) + (self._stream.finish() if last else "")
-        hits = [(i, s) for s in self.stop if (i := self.text.find(s, self.sent)) >= 0]
-        if hits:
-            cut, self.stopped = min(hits)
-            self.text, last = self.text[:cut], True
-        end = len(self.text) if last else len(self.text) - self._held()
-        delta, self.sent = self.text[self.sent : end], end
-        return delta
-
-    def _held(self) -> int:
-        """Length of the longest unsent tail that is the beginning of a stop string."""
-        tail = self.text[self.sent :]
-        return max((k for s in self.stop for k in range(1, min(len(s), len(tail) + 1)) if tail.endswith(s[:k])),
-                   default=0)
-
-
-def chunk(req: CompletionRequest, text: str, finish_reason: str | None, stop_reason=None) -> dict:
-    """One streamed chunk: one token's text (OpenAI's text_completion object, as vLLM streams it)."""
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": stop_reason}
-    return {"id": req.id, "object": "text_completion", "created": req.created, "model": req.model,
-            "choices": [choice], "usage": None}
-
-
-def usage(req: CompletionRequest, completion_tokens: int) -> dict:
-    return {"prompt_tokens": len(req.prompt), "completion_tokens": completion_tokens,
-            "total_tokens": len(req.prompt) + completion_tokens}

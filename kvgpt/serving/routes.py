@@ -15,9 +15,10 @@ from contextlib import aclosing, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .api import CompletionText, RequestError, Served, chunk, parse_body, parse_completion, usage
+from .api import RequestError, Served, parse_body, parse_completion
 from .loop import EngineLoop, Handle
 from .metrics import CONTENT_TYPE, FINISH, ServerMetrics
+from .responses import CompletionText, chunk, usage
 
 NO_CHAT = ("this model has no chat template: it is a character-level model trained on plays, not on conversations "
            "(vLLM refuses the same folder for the same reason); send the text to POST /v1/completions")

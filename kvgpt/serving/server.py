@@ -73,12 +73,55 @@ class ServerThread:
         self.stop()
 
 
+def spawn(*args: str, timeout: float = 180.0, python: str = sys.executable, cwd=None):
+    """`python -m kvgpt serve --port 0 *args` as a subprocess -> (process, base URL) once it listens.
+
+    The URL comes from the line the server prints once bound (so port 0 works); waits at most `timeout` seconds,
+    and kills the process if it does not come up. Stop it with stop_process. Introduced in notebooks/15_serving.ipynb.
+    """
+    import queue
+    import subprocess
+
+    proc = subprocess.Popen([python, "-m", "kvgpt", "serve", "--port", "0", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if proc.poll() is None and time.monotonic() < deadline:
+                continue
+            stop_process(proc)
+            raise RuntimeError(f"kvgpt serve did not start (exit code {proc.returncode}, waited at most {timeout} s): "
+                               f"{''.join(seen)[-2000:]}") from None
+        seen.append(line)
+        if ANNOUNCE in line:
+            return proc, line.split(ANNOUNCE)[1].strip()
+
+
+def stop_process(proc, timeout: float = 30.0) -> None:
+    """SIGTERM (uvicorn shuts down cleanly), then SIGKILL if it has not exited within `timeout` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+ANNOUNCE = "kvgpt serve: listening on "
+
+
 class _AnnouncingServer(uvicorn.Server):
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started:  # the real port (--port 0 picks a free one), once it accepts connections
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            print(f"kvgpt serve: listening on http://{host}:{port}", flush=True)
+            print(f"{ANNOUNCE}http://{host}:{port}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
