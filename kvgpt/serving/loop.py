@@ -105,6 +105,8 @@ class EngineLoop:
                     break
                 if self.engine.has_unfinished():
                     self._step()
+                elif commands and self.metrics is not None:  # an abort freed blocks: no step will report it
+                    self.metrics.on_step(self.engine, 0)
         except BaseException as e:  # noqa: BLE001 -- a failed step ends the loop; every request is told why
             self.error = e
         for handle in self._handles.values():

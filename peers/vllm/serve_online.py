@@ -144,32 +144,6 @@ def meta(args, facts: dict) -> dict:
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def plot(df, info: dict, path: Path) -> None:
-    """TTFT (p50 solid, p99 dashed) and TPOT p50 against request rate, both servers, one row per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(df["model"]))
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
-    for row_axes, model in zip(axes, models):
-        part = df[df["model"] == model]
-        for server, color in (("kvgpt", "tab:blue"), ("vLLM", "tab:orange")):
-            s = part[part["server"] == server]
-            for ax, metric in zip(row_axes, ("ttft", "tpot")):
-                ax.plot(s["rate"].astype(str), s[f"{metric}_p50_ms"], "o-", color=color, label=f"{server} p50")
-                ax.plot(s["rate"].astype(str), s[f"{metric}_p99_ms"], "o--", color=color, alpha=0.6,
-                        label=f"{server} p99")
-        for ax, title in zip(row_axes, ("time to first token (ms)", "time per output token (ms)")):
-            ax.set(title=f"{model}: {title}", xlabel="request rate (req/s; inf = all at once)", yscale="log")
-            ax.legend(fontsize=8)
-    fig.suptitle(f"vllm bench serve against kvgpt serve and vllm serve, same folder - {info['cpu']}, "
-                 f"{info['threads']} thread(s){' (dry run)' if info['quick'] else ''}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="dry run: %s prompts at rates %s" % (QUICK["prompts"],
@@ -191,7 +165,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "serve_online_results.csv", index=False)
     (args.out / "serve_online_meta.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    plot(df, info, args.out / "serve_online.png")
+    from kvgpt.plots.serving import plot_online
+
+    note = f", {args.threads} thread(s) per server" + (" (dry run: a few prompts)" if args.quick else "")
+    plot_online(df, info["cpu"], note).savefig(args.out / "serve_online.png", dpi=110)
     print(f"wrote {args.out}/serve_online_results.csv, serve_online_meta.json, serve_online.png", file=sys.stderr)
     return 0
 
