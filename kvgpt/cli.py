@@ -92,7 +92,8 @@ def _delegate(parser: argparse.ArgumentParser, argv: list[str], command: str) ->
 
         command_main = import_module(module, __package__).main
     except ImportError as e:  # an optional extra is missing (kvgpt[serve]: fastapi, uvicorn, prometheus_client)
-        parser.exit(1, f"kvgpt: error: kvgpt{module} is not available ({e})\n")
+        hint = "; install the extra: pip install 'kvgpt[serve]'" if command == "serve" else ""
+        parser.exit(1, f"kvgpt: error: kvgpt{module} is not available ({e}){hint}\n")
     return command_main(argv) or 0
 
 

@@ -168,7 +168,12 @@ def _build(args) -> Server:
     from ..validation import check_int, check_positive_int
 
     check_int("port", args.port, 0, 65535)
-    threads = None if args.threads == "auto" else check_positive_int("threads", int(args.threads))
+    threads = None
+    if args.threads != "auto":
+        try:
+            threads = check_positive_int("threads", int(args.threads))
+        except ValueError:
+            raise ValueError(f"--threads={args.threads!r}: must be 'auto' or a positive int") from None
     model, tokenizer = load_pretrained(args.model)
     torch.set_num_threads(threads or recommended_threads(model))
     return make_server(model, tokenizer, args.served_model_name or args.model, args.block_size, args.num_blocks,
