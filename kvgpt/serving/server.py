@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued-requests", type=int, default=256,
                    help="requests that may wait beyond --max-num-seqs; more get 503 (default: %(default)s)")
     p.add_argument("--threads", default="auto", help="torch threads; auto: by model size (default: auto)")
+    p.add_argument("--linear-backend", choices=("auto", "mkl", "onednn"), default="auto",
+                   help="matrix products on MKL or oneDNN; auto: oneDNN where MKL has no fast path (default: auto)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     return p
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 def _build(args) -> Server:
     import torch
 
-    from ..linear import recommended_threads
+    from ..linear import recommended_threads, set_linear_backend
     from ..pretrained import load_pretrained
     from ..validation import check_int, check_positive_int
 
@@ -176,6 +178,8 @@ def _build(args) -> Server:
             raise ValueError(f"--threads={args.threads!r}: must be 'auto' or a positive int") from None
     model, tokenizer = load_pretrained(args.model)
     torch.set_num_threads(threads or recommended_threads(model))
-    return make_server(model, tokenizer, args.served_model_name or args.model, args.block_size, args.num_blocks,
-                       args.max_num_seqs, args.max_num_batched_tokens, args.enable_prefix_caching,
-                       args.max_queued_requests)
+    server = make_server(model, tokenizer, args.served_model_name or args.model, args.block_size, args.num_blocks,
+                         args.max_num_seqs, args.max_num_batched_tokens, args.enable_prefix_caching,
+                         args.max_queued_requests)  # every engine flag checked first
+    set_linear_backend(model, args.linear_backend, batch_hint=min(args.max_num_seqs, 8))  # decode rows per step
+    return server
