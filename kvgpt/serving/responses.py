@@ -21,7 +21,11 @@ class CompletionText:
         self.text, self.sent, self.stopped = "", 0, None  # stopped: the stop string that ended the text
 
     def push(self, token: int, last: bool = False) -> str:
-        """The next token -> the text released now ("" while held back). last: release everything."""
+        """The next token -> the text released now ("" while held back). last: release everything.
+
+        After a stop string, nothing more: the text has ended (later tokens are ignored)."""
+        if self.stopped is not None:
+            return ""
         self.text += self._stream.push(token) + (self._stream.finish() if last else "")
         hits = [(i, s) for s in self.stop if (i := self.text.find(s, self.sent)) >= 0]
         if hits:
