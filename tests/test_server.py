@@ -212,6 +212,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_blocks_at_once():
             events = (line for line in r.iter_lines() if line)
             texts = [json.loads(next(events)[6:])["choices"][0]["text"] for _ in range(3)]
             assert "".join(texts) == solo_text("ROMEO:", 3)
+        _poll(lambda: _aborts_queued(live))  # the server noticed: an abort waits for the engine's next drain
         gate.release(1)  # at most one more step: the abort must be drained by then, or the engine stays stuck
         _poll(lambda: engine_state(live) == EMPTY and live.server.in_flight == 0)
         assert engine.stats.decode_tokens <= 3 and engine.stats.finished == 0  # <= 4 tokens of the 200 asked for
@@ -241,6 +242,7 @@ def test_a_client_that_leaves_while_waiting_or_before_a_whole_answer_is_aborted(
         assert waiting.num_computed == 0 and ran.num_generated == 3  # one runs, the other was never run
         for sock in clients:
             sock.close()
+        _poll(lambda: _aborts_queued(live))
         gate.release(1)  # at most one more step before both aborts are drained
         _poll(lambda: engine_state(live) == EMPTY and live.server.in_flight == 0)
         assert engine.stats.steps <= 4 and engine.stats.prefill_tokens == len(ran.prompt)  # the other never ran
@@ -254,6 +256,29 @@ def _raw_post(port: int, body: dict) -> socket.socket:
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
     return sock
+
+
+def test_a_failed_engine_step_fails_its_requests_and_the_health_check():
+    with start() as live:
+        def broken():
+            raise RuntimeError("boom")
+
+        live.server.loop.engine.step = broken
+        r = httpx.post(f"{live.url}/v1/completions", json={"prompt": "A", "max_tokens": 3}, timeout=60)
+        assert r.status_code == 500 and "boom" in r.json()["error"]["message"]
+        assert httpx.get(f"{live.url}/health").status_code == 503
+        again = httpx.post(f"{live.url}/v1/completions", json={"prompt": "A", "max_tokens": 3}, timeout=60)
+        assert again.status_code == 503 and again.json()["error"]["type"] == "ServiceUnavailableError"
+        with pytest.raises(RuntimeError, match="stopped"):
+            live.server.loop.call(len).result(30)  # nothing is left waiting on a dead loop
+        assert live.server.in_flight == 0
+
+
+def _aborts_queued(live) -> bool:
+    """Every request still in the engine has its abort waiting in the command queue (read while the engine thread
+    waits at the test's gate, so neither side moves)."""
+    loop = live.server.loop
+    return sum(c[0] == "abort" for c in list(loop._commands)) >= len(loop._handles)
 
 
 def _poll(done, tries: int = 400) -> None:

@@ -90,18 +90,23 @@ class EngineLoop:
 
     def _put(self, command) -> None:
         with self._wake:
+            if self._stopping:  # the loop has ended: nobody would ever drain this
+                self._refuse(command)
+                return
             self._commands.append(command)
             self._wake.notify()
 
     def _run(self) -> None:
         try:
-            while True:
+            while not self._stopping:
                 with self._wake:
                     while not self._commands and not self.engine.has_unfinished():
                         self._wake.wait()  # idle: sleep until a command arrives
                     commands = list(self._commands)
                     self._commands.clear()
-                if not all(self._apply(c) for c in commands):
+                for command in commands:
+                    self._apply(command)
+                if self._stopping:
                     break
                 if self.engine.has_unfinished():
                     self._step()
@@ -109,12 +114,25 @@ class EngineLoop:
                     self.metrics.on_step(self.engine, 0)
         except BaseException as e:  # noqa: BLE001 -- a failed step ends the loop; every request is told why
             self.error = e
+        with self._wake:
+            self._stopping, left = True, list(self._commands)  # from now on _put answers at once
+            self._commands.clear()
+        for command in left:
+            self._refuse(command)
         for handle in self._handles.values():
             handle.post("error", self.error or RuntimeError("the server is shutting down"))
         self._handles.clear()
 
-    def _apply(self, command) -> bool:
-        """One command; False for stop."""
+    def _refuse(self, command) -> None:
+        """Answer a command the loop will never run: an add gets an error event, a call an exception."""
+        error = RuntimeError(f"the engine loop has stopped ({self.error!r})" if self.error else "the server stopped")
+        if command[0] == "add":
+            command[1].post("error", error)
+        elif command[0] == "call":
+            command[2].set_exception(error)
+
+    def _apply(self, command) -> None:
+        """One command, between two steps."""
         kind = command[0]
         if kind == "add":
             handle, r = command[1], command[1].request
@@ -122,7 +140,7 @@ class EngineLoop:
                 handle.request_id = self.engine.add_request(r.prompt, r.max_tokens, r.sampler, r.eos)
             except ValueError as e:  # the API checks first; this is the engine's own refusal
                 handle.post("error", e)
-                return True
+                return
             self._handles[handle.request_id] = handle
             handle.post("accepted", handle.request_id)
         elif kind == "abort":
@@ -137,7 +155,8 @@ class EngineLoop:
                 future.set_result(fn(self.engine))
             except Exception as e:  # noqa: BLE001 -- handed to the caller
                 future.set_exception(e)
-        return kind != "stop"
+        elif kind == "stop":
+            self._stopping = True
 
     def _step(self) -> None:
         start = time.perf_counter()

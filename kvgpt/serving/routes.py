@@ -48,9 +48,10 @@ class Server:
         self.in_flight += 1
         self.loop.submit(handle)
         kind, value = await handle.events.get()  # the next drain: between two steps
-        if kind == "error":
+        if kind == "error":  # the engine's own refusal (400), or the loop has stopped meanwhile (503)
             self.in_flight -= 1
-            raise RequestError(str(value)) from None
+            raise RequestError(str(value)) if self.loop.alive else \
+                RequestError(str(value), None, 503, "ServiceUnavailableError")
         handle.watcher = asyncio.ensure_future(_watch(request, handle))
         return handle
 
