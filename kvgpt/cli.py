@@ -1,4 +1,5 @@
-"""Command line: `kvgpt generate` streams text from a model; `kvgpt bench` / `kvgpt serve-bench` run benchmarks.
+"""Command line: `kvgpt generate` streams text from a model; `kvgpt bench` / `kvgpt serve-bench` run benchmarks;
+`kvgpt serve` answers OpenAI-style HTTP requests (chapter 15); `kvgpt export` writes a Hugging Face folder.
 
     python -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0
     python -m kvgpt generate --max-new-tokens 1000 --context-policy slide --window 192   # past the context
@@ -20,6 +21,7 @@ import sys
 
 from .cache_manager import CACHE_KINDS
 from .pretrained import DEFAULT_MODEL, available_models, load_pretrained
+from .tokenizer import TextStream as _TextStream
 
 EPILOG = ("The generated text goes to stdout, the summary line to stderr. "
           f"Models: {', '.join(available_models())} (GPT-2 needs the network the first time), or a directory.")
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (arguments go to kvgpt.benchmark.suite)")
     sub.add_parser("serve-bench", add_help=False,
                    help="serving benchmarks: static vs continuous batching vs vLLM (kvgpt.benchmark.serve_suite)")
+    sub.add_parser("serve", add_help=False,
+                   help="an OpenAI-compatible HTTP server on LLMEngine (kvgpt.serving.server; pip install 'kvgpt[serve]')")
+    sub.add_parser("export", add_help=False, help="write a model as a Hugging Face folder with its tokenizer (kvgpt.export)")
     g = sub.add_parser("generate", help="stream text from a model", epilog=EPILOG)
     g.add_argument("--prompt", default="ROMEO:", help="text to continue (default: %(default)r)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
@@ -70,21 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `kvgpt` and `python -m kvgpt`. Returns 0; bad arguments raise SystemExit(2)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv and argv[0] in ("bench", "serve-bench"):  # the rest belongs to the suite's own parser
-        return _bench(parser, argv[1:], argv[0])
+    if argv and argv[0] in _DELEGATED:  # the rest belongs to that module's own parser
+        return _delegate(parser, argv[1:], argv[0])
     args = parser.parse_args(argv)
     return _generate(parser, args)
 
 
-def _bench(parser: argparse.ArgumentParser, argv: list[str], command: str = "bench") -> int:
-    module = "suite" if command == "bench" else "serve_suite"
+_DELEGATED = {"bench": ".benchmark.suite", "serve-bench": ".benchmark.serve_suite", "serve": ".serving.server",
+              "export": ".export"}  # subcommand -> the module whose main(argv) parses the rest
+
+
+def _delegate(parser: argparse.ArgumentParser, argv: list[str], command: str) -> int:
+    module = _DELEGATED[command]
     try:
         from importlib import import_module
 
-        suite_main = import_module(f".benchmark.{module}", __package__).main
-    except ImportError as e:
-        parser.exit(1, f"kvgpt: error: the benchmark suite kvgpt.benchmark.{module} is not available ({e})\n")
-    return suite_main(argv) or 0
+        command_main = import_module(module, __package__).main
+    except ImportError as e:  # an optional extra is missing (kvgpt[serve]: fastapi, uvicorn, prometheus_client)
+        hint = "; install the extra: pip install 'kvgpt[serve]'" if command == "serve" else ""
+        parser.exit(1, f"kvgpt: error: kvgpt{module} is not available ({e}){hint}\n")
+    return command_main(argv) or 0
 
 
 def _flag(flag: str, check, *values, **kwargs):
@@ -247,24 +257,3 @@ def _compiled(stats, args) -> str:
         return ""
     return f", compiled ({args.compile}; decode includes {seconds:.1f} s compiling)" if seconds else \
         f", compiled ({args.compile})"
-
-
-class _TextStream:
-    """Turns ids arriving one at a time into text deltas. A BPE token can end inside a multi-byte
-    character, so the text is re-decoded from the start and a trailing U+FFFD is held back until complete."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.shown = text[self.shown:], len(text)
-        return delta
-
-    def finish(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        delta, self.shown = text[self.shown:], len(text)
-        return delta

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .export import read_char_tokenizer
 from .hf import TIED_HEAD, check_tensors, expected_shapes, load_hf, read_json, read_weights
 from .model import MiniGPTInferenceModel
 from .tokenizer import GPT2_NAMES, CharTokenizer, GPT2Tokenizer
@@ -110,6 +111,9 @@ def _read_weights(file: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
 
 
 def _hf_dir_tokenizer(directory: Path, config: dict):
+    chars = read_char_tokenizer(directory)  # a character vocabulary exported by kvgpt.export (chapter 15)
+    if chars is not None:
+        return chars
     if any((directory / f).is_file() for f in HF_TOKENIZER_FILES):
         return GPT2Tokenizer(directory)
     if config.get("vocab_size") == 50257:  # GPT-2's own vocabulary: tiktoken's copy of the BPE

@@ -127,6 +127,30 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
+class TextStream:
+    """Turns ids arriving one at a time into text deltas (the CLI's output, the server's stream).
+
+    A BPE token can end inside a multi-byte character, so the text is re-decoded from the start and a
+    trailing U+FFFD is held back until complete. Introduced in notebooks/05_decoding.ipynb.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.shown = text[self.shown:], len(text)
+        return delta
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        delta, self.shown = text[self.shown:], len(text)
+        return delta
+
+
 def gpt2_bpe_cached() -> bool:
     """True if tiktoken's GPT-2 BPE files are already in its local cache (so using them needs no network)."""
     cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))

@@ -112,3 +112,31 @@ def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> li
         fig.savefig(path, dpi=100, metadata={"Software": None})
         paths.append(path)
     return paths
+
+
+def plot_online(results, cpu: str, note: str = ""):
+    """`vllm bench serve` against two servers: TTFT and TPOT (p50 solid, p99 dashed) vs request rate, a row per model.
+
+    results: figures/serve_online_results.csv as a DataFrame (model, server, rate, ttft/tpot_p50/p99_ms).
+    Introduced in notebooks/15_serving.ipynb.
+    """
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(results["model"]))
+    fig = Figure(figsize=(11, 3.6 * len(models)))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    for row, model in zip(axes, models):
+        part = results[results["model"] == model]
+        for server, color in (("kvgpt", ENGINE_COLORS["continuous batching (kvgpt LLMEngine)"]),
+                              ("vLLM", ENGINE_COLORS["vLLM"])):
+            s = part[part["server"] == server]
+            for ax, metric in zip(row, ("ttft", "tpot")):
+                rates = s["rate"].astype(str)  # "inf" too: one category per rate, in the sweep's order
+                ax.plot(rates, s[f"{metric}_p50_ms"], "o-", color=color, label=f"{server} p50")
+                ax.plot(rates, s[f"{metric}_p99_ms"], "o--", color=color, alpha=0.6, label=f"{server} p99")
+        for ax, what in zip(row, ("time to first token (ms)", "time per output token (ms)")):
+            ax.set(title=f"{model}: {what}", xlabel="request rate (requests/s; inf = all at once)", yscale="log")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"vllm bench serve against kvgpt serve and vllm serve on the same folder - {cpu}{note}", fontsize=10)
+    fig.tight_layout()
+    return fig

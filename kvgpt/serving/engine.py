@@ -86,6 +86,23 @@ class LLMEngine:
         picker = None if req.sampler is None else RowSampler(req.sampler, [prompt], cfg.vocab_size, 1)
         return Sequence(-1, prompt, max_new_tokens, req.sampler, frozenset(req.eos), picker)
 
+    def abort_request(self, request_id: int) -> None:
+        """Stop an unfinished request now (vLLM's abort_request): it leaves its queue and its blocks are freed.
+
+        Call it between steps, from the thread that calls step(). Its reader gets one last StepOutput (token None,
+        finish_reason "abort"). An id that is not unfinished (never given, finished, or aborted already) raises
+        ValueError naming it, and nothing changes.
+        Introduced in notebooks/15_serving.ipynb.
+        """
+        seq = self.requests.get(request_id) if is_int(request_id) else None  # True is not request 1
+        if seq is None:
+            raise ValueError(f"request_id={request_id!r}: no unfinished request has this id "
+                             f"({len(self.requests)} unfinished)")
+        if self._busy:  # never change the queues in the middle of a step (a sampler or hook calling this)
+            raise RuntimeError("LLMEngine.abort_request: called from inside a step; call it between steps")
+        self._finish(seq, "abort")  # leaves its queue; its blocks are released at once
+        self.outbox.put(StepOutput(request_id, None, True, "abort"))  # its reader hears how it ended
+
     def has_unfinished(self) -> bool:
         """True while a request is queued or running, or step() has outputs still to return."""
         return self.scheduler.has_unfinished() or bool(self.outbox.boxes[SHARED])
@@ -210,7 +227,8 @@ class LLMEngine:
                     if out.error is not None:
                         raise StepError(f"request {out.request_id} (prompts[{rids.index(out.request_id)}]) failed: "
                                         f"{out.error}; the other requests of this generate() call were aborted")
-                    made[out.request_id].append(out.token)
+                    if out.token is not None:  # an aborted request's last output carries none
+                        made[out.request_id].append(out.token)
         finally:
             self._cancel(box)
         return [made[rid] for rid in rids]
