@@ -1,0 +1,140 @@
+// Paged attention on the CPU: every (query, KV head) reads its sequence's keys and values where they sit in the
+// block pool, one block at a time, with an online softmax (FlashAttention's running max and sum). Nothing is
+// gathered, no (T, S) score matrix exists: per work item a few floats of state and one block of scores.
+//
+// Registered as torch.ops.kvgpt.paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, scale):
+//   q            (N, H, D)   last dim contiguous (any strides for N and H: a view of the fused qkv projection)
+//   k_pool/v_pool (num_blocks, block_size, Hkv, D) contiguous, H % Hkv == 0 (grouped-query attention)
+//   block_tables (R, M) int64, query_row (N,) int64, query_pos (N,) int64
+//   -> out (N, H, D): query i attends to keys 0 .. query_pos[i] of sequence query_row[i].
+// Built at first use by kvgpt/paged_kernel.py. Introduced in notebooks/14_attention_kernels.ipynb.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Every index the kernel will follow is checked here, before any key is read (ValueError in Python).
+void check_indices(const at::Tensor& tables, const at::Tensor& rows, const at::Tensor& pos, int64_t num_blocks,
+                   int64_t block_size) {
+  const int64_t R = tables.size(0), M = tables.size(1), N = rows.size(0);
+  const int64_t* t = tables.data_ptr<int64_t>();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t e = 0; e < R * M; ++e)
+    TORCH_CHECK_VALUE(t[e] >= 0 && t[e] < num_blocks, "block_tables[", e / M, ", ", e % M, "]=", t[e],
+                      ": must be a block id in 0..", num_blocks - 1);
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK_VALUE(r[i] >= 0 && r[i] < R, "query_row[", i, "]=", r[i], ": must be a row of block_tables, 0..",
+                      R - 1);
+    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < M * block_size, "query_pos[", i, "]=", p[i],
+                      ": must be a position its table row holds, 0..", M * block_size - 1);
+  }
+}
+
+// One work item: query i against KV head kh, for the `group` query heads that share it (grouped-query attention).
+template <typename scalar_t>
+void attend_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k, const scalar_t* v,
+                 const int64_t* table, int64_t last, int64_t i, int64_t kh, int64_t group, int64_t Hkv, int64_t D,
+                 int64_t bs, float scale, scalar_t* out, float* qf, float* acc, float* s, float* m, float* l) {
+  const int64_t slot = Hkv * D;  // elements from one token's keys to the next token's
+  for (int64_t j = 0; j < group; ++j) {
+    const scalar_t* qj = q + i * q_sn + (kh * group + j) * q_sh;
+    for (int64_t d = 0; d < D; ++d) qf[j * D + d] = static_cast<float>(qj[d]) * scale;
+    std::fill(acc + j * D, acc + (j + 1) * D, 0.f);
+    m[j] = -std::numeric_limits<float>::infinity();
+    l[j] = 0.f;
+  }
+  for (int64_t start = 0; start <= last; start += bs) {  // the blocks of the sequence, in order
+    const int64_t n = std::min(bs, last + 1 - start);   // keys of this block the query may see
+    const int64_t base = (table[start / bs] * bs * Hkv + kh) * D;
+    const scalar_t* kb = k + base;
+    const scalar_t* vb = v + base;
+    for (int64_t j = 0; j < group; ++j) {
+      const float* qj = qf + j * D;
+      float* sj = s + j * bs;
+      float block_max = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < n; ++c) {  // scores of this block's keys
+        const scalar_t* kc = kb + c * slot;
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; ++d) dot += qj[d] * static_cast<float>(kc[d]);
+        sj[c] = dot;
+        block_max = std::max(block_max, dot);
+      }
+      const float m_new = std::max(m[j], block_max);
+      const float alpha = std::exp(m[j] - m_new);  // rescales what was summed under the old max (0 at the start)
+      float* aj = acc + j * D;
+      l[j] *= alpha;
+      for (int64_t d = 0; d < D; ++d) aj[d] *= alpha;
+      for (int64_t c = 0; c < n; ++c) {
+        const float p = std::exp(sj[c] - m_new);
+        const scalar_t* vc = vb + c * slot;
+        l[j] += p;
+        for (int64_t d = 0; d < D; ++d) aj[d] += p * static_cast<float>(vc[d]);
+      }
+      m[j] = m_new;
+    }
+  }
+  for (int64_t j = 0; j < group; ++j) {
+    scalar_t* oj = out + (i * Hkv * group + kh * group + j) * D;
+    for (int64_t d = 0; d < D; ++d) oj[d] = static_cast<scalar_t>(acc[j * D + d] / l[j]);
+  }
+}
+
+at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                           const at::Tensor& block_tables, const at::Tensor& query_row, const at::Tensor& query_pos,
+                           double scale) {
+  TORCH_CHECK_VALUE(q.dim() == 3 && q.stride(2) == 1, "q must be (N, H, D) with a contiguous last dim");
+  TORCH_CHECK_VALUE(k_pool.dim() == 4 && k_pool.is_contiguous() && v_pool.sizes() == k_pool.sizes() &&
+                        v_pool.is_contiguous(), "k_pool and v_pool must be one contiguous (blocks, block_size, Hkv, D)");
+  TORCH_CHECK_VALUE(q.scalar_type() == k_pool.scalar_type() && q.scalar_type() == v_pool.scalar_type(),
+                    "q, k_pool and v_pool must share one dtype");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_pool.size(2), bs = k_pool.size(1);
+  TORCH_CHECK_VALUE(k_pool.size(3) == D && Hkv > 0 && H % Hkv == 0, "k_pool's (Hkv, D) must fit q's (H, D)");
+  for (const at::Tensor* t : {&block_tables, &query_row, &query_pos})
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
+  TORCH_CHECK_VALUE(block_tables.dim() == 2 && query_row.dim() == 1 && query_pos.dim() == 1 &&
+                        query_row.size(0) == N && query_pos.size(0) == N,
+                    "block_tables must be (R, M), query_row and query_pos (N,)");
+  check_indices(block_tables, query_row, query_pos, k_pool.size(0), bs);
+  at::Tensor out = at::empty({N, H, D}, q.options());
+  const int64_t group = H / Hkv, items = N * Hkv;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "kvgpt_paged_attention", [&] {
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* kp = k_pool.data_ptr<scalar_t>();
+    const scalar_t* vp = v_pool.data_ptr<scalar_t>();
+    const int64_t* tables = block_tables.data_ptr<int64_t>();
+    const int64_t* rows = query_row.data_ptr<int64_t>();
+    const int64_t* pos = query_pos.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1);
+    std::atomic<int64_t> next{0};  // work items are taken one by one: ragged rows keep every thread busy
+    at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+      std::vector<float> buf(2 * group * D + group * bs + 2 * group);
+      float *qf = buf.data(), *acc = qf + group * D, *s = acc + group * D, *m = s + group * bs, *l = m + group;
+      for (int64_t item = next++; item < items; item = next++) {
+        const int64_t i = item / Hkv, kh = item % Hkv;
+        attend_item<scalar_t>(qp, q_sn, q_sh, kp, vp, tables + rows[i] * M, pos[i], i, kh, group, Hkv, D, bs,
+                              static_cast<float>(scale), op, qf, acc, s, m, l);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(kvgpt, m) {
+  m.def("paged_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor block_tables, Tensor query_row, "
+        "Tensor query_pos, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(kvgpt, CPU, m) { m.impl("paged_attention", &paged_attention); }
