@@ -17,10 +17,32 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace {
+
+// exp(x) for x <= 0, in a form the compiler vectorises (std::exp is a scalar libm call): x = n ln2 + r with
+// |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n written straight into the exponent bits.
+// Below -87 the result would be denormal: it is clamped there (a weight below 1e-38 next to a weight of 1).
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // Cody-Waite: ln2 split in two for exactness
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
 
 // Every index the kernel will follow is checked here, before any key is read (ValueError in Python).
 void check_indices(const at::Tensor& tables, const at::Tensor& rows, const at::Tensor& pos, int64_t num_blocks,
@@ -40,51 +62,64 @@ void check_indices(const at::Tensor& tables, const at::Tensor& rows, const at::T
   }
 }
 
-// One work item: query i against KV head kh, for the `group` query heads that share it (grouped-query attention).
-template <typename scalar_t>
+// One work item: query i against KV heads kh0 .. kh1 - 1 and the query heads that share them (`group` per KV
+// head). A block's slot holds every head's key contiguously, so reading heads kh0..kh1 of slots 0..n-1 walks
+// memory in order; scores and weights of one block, for those heads, are all the item keeps besides its state.
+// kD > 0: the head dim is a compile-time constant, so the loops over d unroll into a few vector instructions.
+template <typename scalar_t, int64_t kD>
 void attend_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k, const scalar_t* v,
-                 const int64_t* table, int64_t last, int64_t i, int64_t kh, int64_t group, int64_t Hkv, int64_t D,
-                 int64_t bs, float scale, scalar_t* out, float* qf, float* acc, float* s, float* m, float* l) {
-  const int64_t slot = Hkv * D;  // elements from one token's keys to the next token's
-  for (int64_t j = 0; j < group; ++j) {
-    const scalar_t* qj = q + i * q_sn + (kh * group + j) * q_sh;
+                 const int64_t* table, int64_t last, int64_t i, int64_t kh0, int64_t kh1, int64_t group, int64_t Hkv,
+                 int64_t head_dim, int64_t bs, float scale, scalar_t* out, float* qf, float* acc, float* s, float* m,
+                 float* l) {
+  const int64_t D = kD > 0 ? kD : head_dim;
+  const int64_t slot = Hkv * D, h0 = kh0 * group, heads = (kh1 - kh0) * group;
+  for (int64_t j = 0; j < heads; ++j) {
+    const scalar_t* qj = q + i * q_sn + (h0 + j) * q_sh;
     for (int64_t d = 0; d < D; ++d) qf[j * D + d] = static_cast<float>(qj[d]) * scale;
     std::fill(acc + j * D, acc + (j + 1) * D, 0.f);
     m[j] = -std::numeric_limits<float>::infinity();
     l[j] = 0.f;
   }
-  for (int64_t start = 0; start <= last; start += bs) {  // the blocks of the sequence, in order
+  for (int64_t start = 0; start <= last; start += bs) {  // the sequence's blocks, in order
     const int64_t n = std::min(bs, last + 1 - start);   // keys of this block the query may see
-    const int64_t base = (table[start / bs] * bs * Hkv + kh) * D;
-    const scalar_t* kb = k + base;
-    const scalar_t* vb = v + base;
-    for (int64_t j = 0; j < group; ++j) {
-      const float* qj = qf + j * D;
-      float* sj = s + j * bs;
-      float block_max = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < n; ++c) {  // scores of this block's keys
-        const scalar_t* kc = kb + c * slot;
+    const int64_t base = table[start / bs] * bs * slot;
+    for (int64_t c = 0; c < n; ++c) {  // scores s[j][c] = q_j . k_c, for every head j of the item
+      const scalar_t* kc = k + base + c * slot;
+      for (int64_t j = 0; j < heads; ++j) {
+        const float* qj = qf + j * D;
+        const scalar_t* kj = kc + (kh0 + j / group) * D;
         float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += qj[d] * static_cast<float>(kc[d]);
-        sj[c] = dot;
-        block_max = std::max(block_max, dot);
+        for (int64_t d = 0; d < D; ++d) dot += qj[d] * static_cast<float>(kj[d]);
+        s[j * bs + c] = dot;
       }
-      const float m_new = std::max(m[j], block_max);
-      const float alpha = std::exp(m[j] - m_new);  // rescales what was summed under the old max (0 at the start)
-      float* aj = acc + j * D;
-      l[j] *= alpha;
-      for (int64_t d = 0; d < D; ++d) aj[d] *= alpha;
+    }
+    for (int64_t j = 0; j < heads; ++j) {  // online softmax: new max, rescale the old sums, this block's weights
+      float* sj = s + j * bs;
+      float m_new = m[j];
+      for (int64_t c = 0; c < n; ++c) m_new = std::max(m_new, sj[c]);
+      const float alpha = std::exp(m[j] - m_new);  // 0 on the first block (m = -inf)
+      float sum = 0.f;
       for (int64_t c = 0; c < n; ++c) {
-        const float p = std::exp(sj[c] - m_new);
-        const scalar_t* vc = vb + c * slot;
-        l[j] += p;
-        for (int64_t d = 0; d < D; ++d) aj[d] += p * static_cast<float>(vc[d]);
+        sj[c] = exp_nonpositive(sj[c] - m_new);
+        sum += sj[c];
       }
+      l[j] = l[j] * alpha + sum;
       m[j] = m_new;
+      float* aj = acc + j * D;
+      for (int64_t d = 0; d < D; ++d) aj[d] *= alpha;
+    }
+    for (int64_t c = 0; c < n; ++c) {  // acc_j += weight * v_c, walking the block's values in order
+      const scalar_t* vc = v + base + c * slot;
+      for (int64_t j = 0; j < heads; ++j) {
+        const float p = s[j * bs + c];
+        const scalar_t* vj = vc + (kh0 + j / group) * D;
+        float* aj = acc + j * D;
+        for (int64_t d = 0; d < D; ++d) aj[d] += p * static_cast<float>(vj[d]);
+      }
     }
   }
-  for (int64_t j = 0; j < group; ++j) {
-    scalar_t* oj = out + (i * Hkv * group + kh * group + j) * D;
+  for (int64_t j = 0; j < heads; ++j) {
+    scalar_t* oj = out + (i * Hkv * group + h0 + j) * D;
     for (int64_t d = 0; d < D; ++d) oj[d] = static_cast<scalar_t>(acc[j * D + d] / l[j]);
   }
 }
@@ -106,7 +141,11 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
                     "block_tables must be (R, M), query_row and query_pos (N,)");
   check_indices(block_tables, query_row, query_pos, k_pool.size(0), bs);
   at::Tensor out = at::empty({N, H, D}, q.options());
-  const int64_t group = H / Hkv, items = N * Hkv;
+  // Work items: (query, a range of KV heads). Whole slots (every head) read in order are cheapest; heads are
+  // split only when there are too few queries to keep every thread busy (a lone decode row).
+  const int64_t group = H / Hkv, threads = at::get_num_threads();
+  const int64_t splits = std::min<int64_t>(Hkv, (4 * threads + N - 1) / N), per = (Hkv + splits - 1) / splits;
+  const int64_t items = N * splits;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "kvgpt_paged_attention", [&] {
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k_pool.data_ptr<scalar_t>();
@@ -115,15 +154,18 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
     const int64_t* rows = query_row.data_ptr<int64_t>();
     const int64_t* pos = query_pos.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1);
-    std::atomic<int64_t> next{0};  // work items are taken one by one: ragged rows keep every thread busy
-    at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-      std::vector<float> buf(2 * group * D + group * bs + 2 * group);
-      float *qf = buf.data(), *acc = qf + group * D, *s = acc + group * D, *m = s + group * bs, *l = m + group;
+    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1), heads = per * group;
+    std::atomic<int64_t> next{0};  // items are taken one by one: ragged rows keep every thread busy
+    at::parallel_for(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
+      std::vector<float> buf(heads * (2 * D + bs + 2));
+      float *qf = buf.data(), *acc = qf + heads * D, *s = acc + heads * D, *m = s + heads * bs, *l = m + heads;
       for (int64_t item = next++; item < items; item = next++) {
-        const int64_t i = item / Hkv, kh = item % Hkv;
-        attend_item<scalar_t>(qp, q_sn, q_sh, kp, vp, tables + rows[i] * M, pos[i], i, kh, group, Hkv, D, bs,
-                              static_cast<float>(scale), op, qf, acc, s, m, l);
+        const int64_t i = item / splits, kh0 = (item % splits) * per, kh1 = std::min(Hkv, kh0 + per);
+        if (kh0 >= kh1) continue;
+        const auto run = D == 32 ? attend_item<scalar_t, 32> : D == 64 ? attend_item<scalar_t, 64>
+                       : D == 128 ? attend_item<scalar_t, 128> : attend_item<scalar_t, 0>;
+        run(qp, q_sn, q_sh, kp, vp, tables + rows[i] * M, pos[i], i, kh0, kh1, group, Hkv, D, bs,
+            static_cast<float>(scale), op, qf, acc, s, m, l);
       }
     });
   });
