@@ -1,0 +1,85 @@
+"""FlexAttention over the paged pool: the same paged attention, written as a mask over one long key sequence.
+
+The whole pool is the key sequence (1, Hkv, num_blocks * block_size, D), read in place. A BlockMask lists, for
+each row, the pool blocks its table holds (so the kernel skips every other block), and mask_mod hides, inside
+those blocks, the slots a query may not see: slot s is visible to a query of row r at position p iff s's block
+sits at index j of r's table and j * block_size + s % block_size <= p. Eager flex_attention materialises the
+scores (correct, slow); torch.compile generates a fused kernel, compiled once per shape. Compiled flex on the
+CPU needs x86 with AVX2 and refuses macOS (torch/_inductor/kernel/flex/flex_cpu.py), plus a C++ compiler.
+Introduced in notebooks/14_attention_kernels.ipynb.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+import torch
+
+from .paged_attention import _grid, queries_by_row
+
+
+def flex_unsupported_reason(compiled: bool = True) -> str | None:
+    """Why FlexAttention cannot run here (None: it can). Eager flex needs torch >= 2.5; compiled flex on the
+    CPU also needs x86 with AVX2 and not macOS."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no FlexAttention (2.5 or newer)"
+    if compiled and sys.platform == "darwin":
+        return "compiled FlexAttention on the CPU refuses macOS"
+    if compiled and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512", "AVX512_BF16", "AMX"):
+        return f"compiled FlexAttention on the CPU needs AVX2 (this CPU: {torch.backends.cpu.get_cpu_capability()})"
+    return None
+
+
+def paged_block_mask(block_tables: torch.Tensor, pos: torch.Tensor, block_size: int, num_blocks: int):
+    """The BlockMask of one step, built directly from the block tables (no dense mask is ever evaluated).
+
+    Shapes: block_tables (R, M), pos (R, T) each grid cell's position -> BlockMask for (R, 1, T, num_blocks *
+    block_size). Row r's query block reads pool blocks block_tables[r, :n_r], n_r = max(pos[r]) // block_size + 1.
+    Introduced in notebooks/14_attention_kernels.ipynb.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, width = block_tables.shape
+    used = pos.amax(dim=1) // block_size + 1  # (R,): blocks each row may read
+    index = torch.arange(width, device=pos.device).expand(rows, width)  # (R, M): logical block index
+    live = index < used[:, None]
+    logical = torch.full((rows, num_blocks), -1, dtype=torch.long, device=pos.device)  # pool block -> its index
+    logical[torch.nonzero(live)[:, 0], block_tables[live].long()] = index[live]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        j = logical[b, kv_idx // block_size]
+        return (j >= 0) & (j * block_size + kv_idx % block_size <= pos[b, q_idx])
+
+    kv_indices = torch.zeros(rows, 1, 1, num_blocks, dtype=torch.int32, device=pos.device)
+    kv_indices[:, 0, 0, :width] = block_tables.int()
+    return BlockMask.from_kv_blocks(used.int().view(rows, 1, 1), kv_indices, BLOCK_SIZE=(pos.size(1), block_size),
+                                    mask_mod=mask_mod, seq_lengths=(pos.size(1), num_blocks * block_size))
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)  # one compiled kernel per shape
+
+
+def flex_paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, compiled: bool = True):
+    """paged_attention through FlexAttention: same arguments and shapes, (1, H, N, D) out.
+
+    Introduced in notebooks/14_attention_kernels.ipynb.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    (_, h, n, d), rows, (nb, bs, hkv, _) = q.shape, block_tables.size(0), k_pool.shape
+    col, t, pos = queries_by_row(query_row, query_pos, rows)
+    mask = paged_block_mask(block_tables, pos, bs, nb)
+    k, v = (pool.view(1, nb * bs, hkv, d).transpose(1, 2) for pool in (k_pool, v_pool))  # (1, Hkv, nb * bs, D)
+    run = _compiled_flex() if compiled else flex_attention
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unfused implementation.*")  # eager flex says it is slow
+        out = run(_grid(q, query_row, col, rows, t), k, v, block_mask=mask, enable_gqa=hkv != h)  # (R, H, T, D)
+    return out[query_row, :, col].transpose(0, 1).unsqueeze(0)  # (1, H, N, D)
