@@ -1,6 +1,12 @@
-// Paged attention on the CPU: every (query, KV head) reads its sequence's keys and values where they sit in the
-// block pool, one block at a time, with an online softmax (FlashAttention's running max and sum). Nothing is
-// gathered, no (T, S) score matrix exists: per work item a few floats of state and one block of scores.
+// Paged attention on the CPU: queries read their sequence's keys and values where they sit in the block pool, one
+// block at a time, with an online softmax (FlashAttention's running max and sum). Nothing is gathered and no
+// (T, S) score matrix exists: per work item, a few floats of state and one block of scores.
+//
+// Two shapes of work, as in every attention library (decode and prefill kernels):
+//   decode_item  one query (a decode row), a range of KV heads: a matrix-vector product, memory-bound;
+//                vectorised along D, whole slots (every head of a token) read in memory order.
+//   tile_item    up to 16 / group consecutive queries of one sequence (a prompt chunk), one KV head: a small matrix
+//                product; keys are loaded once for the whole tile and the loops run along the tile's rows.
 //
 // Registered as torch.ops.kvgpt.paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, scale):
 //   q            (N, H, D)   last dim contiguous (any strides for N and H: a view of the fused qkv projection)
@@ -62,22 +68,23 @@ void check_indices(const at::Tensor& tables, const at::Tensor& rows, const at::T
   }
 }
 
-// One work item: query i against KV heads kh0 .. kh1 - 1 and the query heads that share them (`group` per KV
-// head). A block's slot holds every head's key contiguously, so reading heads kh0..kh1 of slots 0..n-1 walks
-// memory in order; scores and weights of one block, for those heads, are all the item keeps besides its state.
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kRows = 16;  // (query, head) rows of a tile item: 16 floats, one AVX-512 register
+typedef float Rows __attribute__((vector_size(kRows * sizeof(float))));  // GCC/clang vectors: kRows lanes
+
+// One decode query i against KV heads kh0 .. kh1 - 1 and the `group` query heads that share each of them.
 // kD > 0: the head dim is a compile-time constant, so the loops over d unroll into a few vector instructions.
 template <typename scalar_t, int64_t kD>
-void attend_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k, const scalar_t* v,
+void decode_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k, const scalar_t* v,
                  const int64_t* table, int64_t last, int64_t i, int64_t kh0, int64_t kh1, int64_t group, int64_t Hkv,
-                 int64_t head_dim, int64_t bs, float scale, scalar_t* out, float* qf, float* acc, float* s, float* m,
-                 float* l) {
-  const int64_t D = kD > 0 ? kD : head_dim;
-  const int64_t slot = Hkv * D, h0 = kh0 * group, heads = (kh1 - kh0) * group;
+                 int64_t head_dim, int64_t bs, float scale, scalar_t* out, float* buf) {
+  const int64_t D = kD > 0 ? kD : head_dim, slot = Hkv * D, h0 = kh0 * group, heads = (kh1 - kh0) * group;
+  float *qf = buf, *acc = qf + heads * D, *s = acc + heads * D, *m = s + heads * bs, *l = m + heads;
   for (int64_t j = 0; j < heads; ++j) {
     const scalar_t* qj = q + i * q_sn + (h0 + j) * q_sh;
     for (int64_t d = 0; d < D; ++d) qf[j * D + d] = static_cast<float>(qj[d]) * scale;
     std::fill(acc + j * D, acc + (j + 1) * D, 0.f);
-    m[j] = -std::numeric_limits<float>::infinity();
+    m[j] = kNegInf;
     l[j] = 0.f;
   }
   for (int64_t start = 0; start <= last; start += bs) {  // the sequence's blocks, in order
@@ -124,6 +131,113 @@ void attend_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* 
   }
 }
 
+// Queries i0 .. i0 + nq - 1 of one sequence against KV head kh: W = nq * group <= kRows rows (row w = query
+// i0 + w / group, head kh * group + w % group; rows past W repeat row 0 and are dropped). The queries are stored
+// transposed (qt[d][w]), so a key's scores for all rows are D multiply-adds of a broadcast k[d] with one column
+// of kRows floats (a vector register): no horizontal sums, and each key loaded once for the whole tile.
+template <typename scalar_t, int64_t kD>
+void tile_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k, const scalar_t* v,
+               const int64_t* table, const int64_t* pos, int64_t i0, int64_t nq, int64_t kh, int64_t group,
+               int64_t Hkv, int64_t head_dim, int64_t bs, float scale, scalar_t* out, float* buf) {
+  const int64_t D = kD > 0 ? kD : head_dim, slot = Hkv * D, W = nq * group;
+  float *qt = buf, *s = qt + D * kRows, *acc = s + bs * kRows;
+  float m[kRows], l[kRows], row_pos[kRows], m_new[kRows], alpha[kRows], sum[kRows];
+  int64_t last = 0;
+  for (int64_t w = 0; w < kRows; ++w) {
+    const int64_t r = w < W ? w : 0;
+    const scalar_t* qw = q + (i0 + r / group) * q_sn + (kh * group + r % group) * q_sh;
+    for (int64_t d = 0; d < D; ++d) qt[d * kRows + w] = static_cast<float>(qw[d]) * scale;
+    row_pos[w] = static_cast<float>(pos[r / group]);  // exact below 2^24 positions
+    last = std::max(last, pos[r / group]);
+    m[w] = kNegInf;
+    l[w] = 0.f;
+  }
+  std::fill(acc, acc + W * D, 0.f);
+  for (int64_t start = 0; start <= last; start += bs) {
+    const int64_t n = std::min(bs, last + 1 - start);
+    const int64_t base = (table[start / bs] * bs * Hkv + kh) * D;
+    for (int64_t c0 = 0; c0 < n; c0 += 4) {  // s[c][w] = q_w . k_c, four keys at a time (four independent sums)
+      const int64_t nc = std::min<int64_t>(4, n - c0);
+      const scalar_t* kc[4];
+      for (int64_t j = 0; j < 4; ++j) kc[j] = k + base + (c0 + std::min(j, nc - 1)) * slot;
+      Rows dot0 = {}, dot1 = {}, dot2 = {}, dot3 = {};  // named, so they live in registers
+      for (int64_t d = 0; d < D; ++d) {
+        Rows qd;
+        std::memcpy(&qd, qt + d * kRows, sizeof(qd));
+        dot0 += qd * static_cast<float>(kc[0][d]);  // vector * scalar: the scalar is broadcast
+        dot1 += qd * static_cast<float>(kc[1][d]);
+        dot2 += qd * static_cast<float>(kc[2][d]);
+        dot3 += qd * static_cast<float>(kc[3][d]);
+      }
+      const Rows dots[4] = {dot0, dot1, dot2, dot3};
+      for (int64_t j = 0; j < nc; ++j) {  // hide (-inf) key start + c where it is past row w's position
+        const float key = static_cast<float>(start + c0 + j);
+        float* sc = s + (c0 + j) * kRows;
+        std::memcpy(sc, &dots[j], sizeof(Rows));
+        for (int64_t w = 0; w < kRows; ++w) sc[w] = key <= row_pos[w] ? sc[w] : kNegInf;
+      }
+    }
+    std::copy(m, m + kRows, m_new);
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t w = 0; w < kRows; ++w) m_new[w] = std::max(m_new[w], s[c * kRows + w]);
+    for (int64_t w = 0; w < kRows; ++w) {
+      alpha[w] = std::exp(m[w] - m_new[w]);  // key 0 is visible to every row: m_new is finite
+      sum[w] = 0.f;
+    }
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t w = 0; w < kRows; ++w) {
+        const float x = s[c * kRows + w];
+        s[c * kRows + w] = x > kNegInf ? exp_nonpositive(x - m_new[w]) : 0.f;
+        sum[w] += s[c * kRows + w];
+      }
+    for (int64_t w = 0; w < kRows; ++w) {
+      l[w] = l[w] * alpha[w] + sum[w];
+      m[w] = m_new[w];
+    }
+    for (int64_t w = 0; w < W; ++w) {  // acc_w = alpha_w acc_w + sum_c p[c][w] v_c
+      float* aw = acc + w * D;
+      float a[kD > 0 ? kD : 1];
+      float* ar = kD > 0 ? a : aw;  // a local copy (registers) when D is known, else in place
+      for (int64_t d = 0; d < D; ++d) ar[d] = aw[d] * alpha[w];
+      for (int64_t c = 0; c < n; ++c) {
+        const float p = s[c * kRows + w];
+        const scalar_t* vc = v + base + c * slot;
+        for (int64_t d = 0; d < D; ++d) ar[d] += p * static_cast<float>(vc[d]);
+      }
+      if (kD > 0) std::copy(ar, ar + D, aw);
+    }
+  }
+  for (int64_t w = 0; w < W; ++w) {
+    scalar_t* o = out + ((i0 + w / group) * Hkv * group + kh * group + w % group) * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[w * D + d] / l[w]);
+  }
+}
+
+struct Item {
+  int64_t i0, nq, kh0, kh1;  // queries i0 .. i0 + nq - 1, KV heads kh0 .. kh1 - 1
+};
+
+// Consecutive queries of one sequence form tiles of up to kRows / group; a tile of several queries is one item per KV head,
+// a lone query (a decode row) is one item for all heads, split only when too few items would leave threads idle.
+std::vector<Item> plan(const int64_t* rows, int64_t N, int64_t Hkv, int64_t group, int64_t threads) {
+  const int64_t kTile = std::max<int64_t>(1, kRows / group);  // queries per tile: their heads fill kRows rows
+  std::vector<std::pair<int64_t, int64_t>> tiles;
+  for (int64_t i = 0; i < N;) {
+    int64_t j = i + 1;
+    while (j < N && j - i < kTile && rows[j] == rows[i]) ++j;
+    tiles.emplace_back(i, j - i);
+    i = j;
+  }
+  int64_t work = 0;
+  for (const auto& t : tiles) work += t.second == 1 ? 1 : Hkv;
+  const int64_t splits = std::clamp<int64_t>((4 * threads + work - 1) / work, 1, Hkv), per = (Hkv + splits - 1) / splits;
+  std::vector<Item> items;
+  for (const auto& t : tiles)
+    for (int64_t kh = 0; kh < Hkv; kh += t.second == 1 ? per : 1)
+      items.push_back({t.first, t.second, kh, std::min(Hkv, kh + (t.second == 1 ? per : 1))});
+  return items;
+}
+
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                            const at::Tensor& block_tables, const at::Tensor& query_row, const at::Tensor& query_pos,
                            double scale) {
@@ -141,31 +255,37 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
                     "block_tables must be (R, M), query_row and query_pos (N,)");
   check_indices(block_tables, query_row, query_pos, k_pool.size(0), bs);
   at::Tensor out = at::empty({N, H, D}, q.options());
-  // Work items: (query, a range of KV heads). Whole slots (every head) read in order are cheapest; heads are
-  // split only when there are too few queries to keep every thread busy (a lone decode row).
+  if (N == 0) return out;
   const int64_t group = H / Hkv, threads = at::get_num_threads();
-  const int64_t splits = std::min<int64_t>(Hkv, (4 * threads + N - 1) / N), per = (Hkv + splits - 1) / splits;
-  const int64_t items = N * splits;
+  const int64_t* rows = query_row.data_ptr<int64_t>();
+  const std::vector<Item> items = plan(rows, N, Hkv, group, threads);
+  const int64_t buf_size = std::max(H * (2 * D + bs + 2), kRows * (2 * D + bs));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "kvgpt_paged_attention", [&] {
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k_pool.data_ptr<scalar_t>();
     const scalar_t* vp = v_pool.data_ptr<scalar_t>();
     const int64_t* tables = block_tables.data_ptr<int64_t>();
-    const int64_t* rows = query_row.data_ptr<int64_t>();
     const int64_t* pos = query_pos.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1), heads = per * group;
+    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1);
+    const float sc = static_cast<float>(scale);
+    const auto decode = D == 32 ? decode_item<scalar_t, 32> : D == 64 ? decode_item<scalar_t, 64>
+                      : D == 128 ? decode_item<scalar_t, 128> : decode_item<scalar_t, 0>;
+    const auto tile = D == 32 ? tile_item<scalar_t, 32> : D == 64 ? tile_item<scalar_t, 64>
+                    : D == 128 ? tile_item<scalar_t, 128> : tile_item<scalar_t, 0>;
+    const int64_t total = static_cast<int64_t>(items.size());
     std::atomic<int64_t> next{0};  // items are taken one by one: ragged rows keep every thread busy
-    at::parallel_for(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
-      std::vector<float> buf(heads * (2 * D + bs + 2));
-      float *qf = buf.data(), *acc = qf + heads * D, *s = acc + heads * D, *m = s + heads * bs, *l = m + heads;
-      for (int64_t item = next++; item < items; item = next++) {
-        const int64_t i = item / splits, kh0 = (item % splits) * per, kh1 = std::min(Hkv, kh0 + per);
-        if (kh0 >= kh1) continue;
-        const auto run = D == 32 ? attend_item<scalar_t, 32> : D == 64 ? attend_item<scalar_t, 64>
-                       : D == 128 ? attend_item<scalar_t, 128> : attend_item<scalar_t, 0>;
-        run(qp, q_sn, q_sh, kp, vp, tables + rows[i] * M, pos[i], i, kh0, kh1, group, Hkv, D, bs,
-            static_cast<float>(scale), op, qf, acc, s, m, l);
+    at::parallel_for(0, std::min(total, threads), 1, [&](int64_t, int64_t) {
+      std::vector<float> buf(buf_size);
+      for (int64_t n = next++; n < total; n = next++) {
+        const Item& it = items[n];
+        const int64_t* table = tables + rows[it.i0] * M;
+        if (it.nq == 1)
+          decode(qp, q_sn, q_sh, kp, vp, table, pos[it.i0], it.i0, it.kh0, it.kh1, group, Hkv, D, bs, sc, op,
+                 buf.data());
+        else
+          tile(qp, q_sn, q_sh, kp, vp, table, pos + it.i0, it.i0, it.nq, it.kh0, group, Hkv, D, bs, sc, op,
+               buf.data());
       }
     });
   });
