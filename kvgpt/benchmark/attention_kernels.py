@@ -144,14 +144,17 @@ def measure_case(case: Case, threads: int, variants=VARIANTS, repeats: int = 5, 
     torch.set_num_threads(threads)
     inputs = make_inputs(case)
     reference = variant_call("gather", inputs)()
-    calls, compile_s, diffs = {}, {}, {}
+    calls, compile_s, diffs, errors = {}, {}, {}, {}
     for name in variants:
         if name == "flex" and flex_unsupported_reason() is not None:
             continue
-        calls[name] = variant_call(name, inputs)
-        start = time.perf_counter()
-        out = calls[name]()
-        compile_s[name] = time.perf_counter() - start
+        call, start = variant_call(name, inputs), time.perf_counter()
+        try:
+            out = call()
+        except Exception as e:  # noqa: BLE001 -- a compiler refusing a shape is a result to report, not a crash
+            errors[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            continue
+        calls[name], compile_s[name] = call, time.perf_counter() - start
         diffs[name] = float("nan") if name == "static" else float((out - reference).abs().max())
     best = {name: float("inf") for name in calls}
     with torch.inference_mode():
@@ -163,4 +166,6 @@ def measure_case(case: Case, threads: int, variants=VARIANTS, repeats: int = 5, 
     return [{**asdict(case), "heads": h, "head_dim": d, "kv_heads": hkv, "threads": threads, "variant": name,
              "us_per_call": best[name] * 1e6, "x_static": best[name] / best["static"] if "static" in best else None,
              "bytes_moved": bytes_moved(name, inputs), "max_abs_diff": diffs[name],
-             "first_call_s": compile_s[name]} for name in calls]
+             "first_call_s": compile_s[name], "error": ""} for name in calls] + [
+        {**asdict(case), "heads": h, "head_dim": d, "kv_heads": hkv, "threads": threads, "variant": name,
+         "error": error} for name, error in errors.items()]

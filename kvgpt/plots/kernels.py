@@ -52,3 +52,63 @@ def plot_bytes_moved(df, model: str, rows: int, past: int, chunk: int = 0):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_online_softmax(scores, tile: int):
+    """One query's scores in tiles (bars), the running max m after each tile (steps) and the running sum l,
+    expressed against the final max so the steps are comparable: it only ever grows to the softmax's denominator.
+
+    scores: a 1-D tensor. Introduced in notebooks/14_attention_kernels.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    s = scores.double()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    colors = ["#4c72b0" if (i // tile) % 2 == 0 else "#dd8452" for i in range(len(s))]
+    _ = a.bar(range(len(s)), s.tolist(), color=colors)
+    m, l, ends, ms, ls = float("-inf"), 0.0, [], [], []
+    for start in range(0, len(s), tile):
+        part = s[start:start + tile]
+        m_new = max(m, float(part.max()))
+        l = l * float(torch.exp(torch.tensor(m - m_new))) + float(torch.exp(part - m_new).sum())
+        m = m_new
+        ends.append(start + len(part) - 1)
+        ms.append(m)
+        ls.append(l * float(torch.exp(torch.tensor(m - float(s.max())))))  # l as if computed with the final max
+    _ = a.step(ends, ms, where="post", color="black", label="running max m")
+    a.set(xlabel="key", ylabel="score", title=f"scores in tiles of {tile}")
+    a.legend(fontsize=8)
+    _ = b.plot(ends, ls, "o-", color="#55a868", label="running sum l (rescaled to the final max)")
+    _ = b.axhline(float(torch.exp(s - s.max()).sum()), color="grey", ls="--", label="softmax denominator")
+    b.set(xlabel="last key folded in", title="the state after each tile")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pool_reads(query_row, query_pos, block_tables, block_size: int, num_blocks: int):
+    """Which pool slots each query of a flattened call reads: rows = queries, columns = the pool's slots
+    (block by block), colour = the query's sequence. Decode rows read a scattered set of blocks; a chunk's
+    queries read a growing prefix of the same blocks.
+
+    Introduced in notebooks/14_attention_kernels.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(query_row)
+    image = np.full((n, num_blocks * block_size), np.nan)
+    for i in range(n):
+        row, pos = int(query_row[i]), int(query_pos[i])
+        for p in range(pos + 1):
+            image[i, int(block_tables[row, p // block_size]) * block_size + p % block_size] = row
+    fig, ax = plt.subplots(figsize=(9, 0.25 * n + 1.5))
+    _ = ax.imshow(image, aspect="auto", cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    for b in range(1, num_blocks):
+        _ = ax.axvline(b * block_size - 0.5, color="#dddddd", lw=0.5)
+    ax.set(xlabel=f"pool slot (block = {block_size} slots)", ylabel="query i (flattened)",
+           title="what each query reads, where it sits in the pool")
+    ax.set_xticks([b * block_size for b in range(num_blocks)], [str(b) for b in range(num_blocks)], fontsize=7)
+    fig.tight_layout()
+    return fig
