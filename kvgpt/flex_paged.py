@@ -34,18 +34,24 @@ def flex_unsupported_reason(compiled: bool = True) -> str | None:
     return None
 
 
-def paged_block_mask(block_tables: torch.Tensor, pos: torch.Tensor, block_size: int, num_blocks: int):
+def paged_block_mask(block_tables: torch.Tensor, query_row: torch.Tensor, query_pos: torch.Tensor, block_size: int,
+                     num_blocks: int):
     """The BlockMask of one step, built directly from the block tables (no dense mask is ever evaluated).
 
-    Shapes: block_tables (R, M), pos (R, T) each grid cell's position -> BlockMask for (R, 1, T, num_blocks *
-    block_size). Row r's query block reads pool blocks block_tables[r, :n_r], n_r = max(pos[r]) // block_size + 1.
+    Row r's queries (its cells of the (R, T) query grid) read pool blocks block_tables[r, :n_r], n_r = the blocks
+    holding positions 0 .. its last query's. Blocks every query of the row sees whole are "full" (no mask_mod
+    call); the rest are "partial", where mask_mod compares the slot's position in the row with the query's.
+    Shapes: block_tables (R, M), query_row and query_pos (N,) -> BlockMask for (R, 1, T, num_blocks * block_size).
     Introduced in notebooks/14_attention_kernels.ipynb.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     rows, width = block_tables.shape
-    used = pos.amax(dim=1) // block_size + 1  # (R,): blocks each row may read
-    index = torch.arange(width, device=pos.device).expand(rows, width)  # (R, M): logical block index
+    _, t, pos = queries_by_row(query_row, query_pos, rows)  # (R, T) each cell's position
+    last = pos.amax(dim=1)  # (R,)
+    first = torch.full_like(last, 2**62).scatter_reduce(0, query_row, query_pos, "amin")  # (R,) real queries only
+    used, full = last // block_size + 1, (first + 1) // block_size  # blocks read; blocks seen whole by every query
+    index = torch.arange(width, device=pos.device).expand(rows, width)  # (R, M): index in the row's table
     live = index < used[:, None]
     logical = torch.full((rows, num_blocks), -1, dtype=torch.long, device=pos.device)  # pool block -> its index
     logical[torch.nonzero(live)[:, 0], block_tables[live].long()] = index[live]
@@ -54,10 +60,15 @@ def paged_block_mask(block_tables: torch.Tensor, pos: torch.Tensor, block_size: 
         j = logical[b, kv_idx // block_size]
         return (j >= 0) & (j * block_size + kv_idx % block_size <= pos[b, q_idx])
 
-    kv_indices = torch.zeros(rows, 1, 1, num_blocks, dtype=torch.int32, device=pos.device)
-    kv_indices[:, 0, 0, :width] = block_tables.int()
-    return BlockMask.from_kv_blocks(used.int().view(rows, 1, 1), kv_indices, BLOCK_SIZE=(pos.size(1), block_size),
-                                    mask_mod=mask_mod, seq_lengths=(pos.size(1), num_blocks * block_size))
+    def indices(start, count):  # (R, 1, 1, num_blocks) int32: table entries start .. start + count - 1 of each row
+        out = torch.zeros(rows, 1, 1, num_blocks, dtype=torch.int32, device=pos.device)
+        take = (index + start[:, None]).clamp(max=width - 1)
+        out[:, 0, 0, :width] = torch.where(index < count[:, None], block_tables.gather(1, take), 0).int()
+        return count.int().view(rows, 1, 1), out
+
+    partial, full_blocks = indices(full, used - full), indices(torch.zeros_like(full), full)
+    return BlockMask.from_kv_blocks(*partial, *full_blocks, BLOCK_SIZE=(t, block_size), mask_mod=mask_mod,
+                                    seq_lengths=(t, num_blocks * block_size))
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,16 +78,18 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)  # one compiled kernel per shape
 
 
-def flex_paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, compiled: bool = True):
+def flex_paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, compiled: bool = True,
+                         block_mask=None):
     """paged_attention through FlexAttention: same arguments and shapes, (1, H, N, D) out.
 
+    block_mask: paged_block_mask's result for this step, built once and shared by every layer (None: build it).
     Introduced in notebooks/14_attention_kernels.ipynb.
     """
     from torch.nn.attention.flex_attention import flex_attention
 
     (_, h, n, d), rows, (nb, bs, hkv, _) = q.shape, block_tables.size(0), k_pool.shape
-    col, t, pos = queries_by_row(query_row, query_pos, rows)
-    mask = paged_block_mask(block_tables, pos, bs, nb)
+    col, t, _ = queries_by_row(query_row, query_pos, rows)
+    mask = paged_block_mask(block_tables, query_row, query_pos, bs, nb) if block_mask is None else block_mask
     k, v = (pool.view(1, nb * bs, hkv, d).transpose(1, 2) for pool in (k_pool, v_pool))  # (1, Hkv, nb * bs, D)
     run = _compiled_flex() if compiled else flex_attention
     with warnings.catch_warnings():

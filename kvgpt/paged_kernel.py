@@ -108,3 +108,22 @@ def kernel_in_use() -> str:
 def kernel_error() -> str | None:
     """Why the C++ kernel could not be built (each flag set tried, with the compiler's last words), or None."""
     return _STATE["error"]
+
+
+def cpp_source(name: str) -> str:
+    """The text of one top-level definition of kvgpt/csrc/paged_attention.cpp (its comment and template lines
+    included), found by name: what the chapter shows, read from the file that is compiled.
+
+    Introduced in notebooks/14_attention_kernels.ipynb.
+    """
+    lines = SOURCE.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if not line.startswith((" ", "}", "#")) and f"{name}(" in line
+              or line.startswith(f"{name}(")]
+    if not starts:
+        raise ValueError(f"name={name!r}: no top-level definition of that name in {SOURCE.name}")
+    first = last = starts[0]
+    while first > 0 and (lines[first - 1].startswith(("//", "template")) and lines[first - 1].strip()):
+        first -= 1
+    while last < len(lines) and not lines[last].startswith("}"):
+        last += 1
+    return "\n".join(lines[first:last + 1]) + "\n"

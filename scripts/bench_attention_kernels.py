@@ -57,10 +57,11 @@ def main() -> int:
         for threads in a.threads:
             found = measure_case(case, threads, variants, a.repeats, a.min_s)
             rows += found
-            print(case, threads, {r["variant"]: round(r["us_per_call"]) for r in found}, flush=True)
+            print(case, threads, {r["variant"]: round(r["us_per_call"]) if not r["error"] else r["error"]
+                                  for r in found}, flush=True)
     df = pd.DataFrame(rows)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    df.round({"us_per_call": 1, "x_static": 3, "first_call_s": 3}).to_csv(a.out_dir / "attention_kernels.csv",
+    df.round({"us_per_call": 1, "x_static": 3, "first_call_s": 3, "mask_us": 1}).to_csv(a.out_dir / "attention_kernels.csv",
                                                                           index=False)
     cpu = cpu_name()
     fig = plot_kernel_times(df, rows=16, threads=1, cpu=cpu)

@@ -234,13 +234,12 @@ def test_the_cpp_operator_checks_indices_itself(cpp_kernel):
     q = args["q"][0].transpose(0, 1)
     tables = args["block_tables"].clone()
     tables[-1, -1] = 10**9
-    for bad, name in (((q, args["k_pool"], args["v_pool"], tables, args["query_row"], args["query_pos"]), "block_tables"),
-                      ((q, args["k_pool"], args["v_pool"], args["block_tables"], args["query_row"] + 4,
-                        args["query_pos"]), "query_row"),
-                      ((q, args["k_pool"], args["v_pool"], args["block_tables"], args["query_row"],
-                        args["query_pos"] * 0 + 10**6), "query_pos")):
+    pools = (q, args["k_pool"], args["v_pool"])
+    for bad, name in (((tables, args["query_row"], args["query_pos"]), "block_tables"),
+                      ((args["block_tables"], args["query_row"] + 4, args["query_pos"]), "query_row"),
+                      ((args["block_tables"], args["query_row"], args["query_pos"] * 0 + 10**6), "query_pos")):
         with pytest.raises(ValueError, match=name):
-            op(*bad, 1.0)
+            op(*pools, *bad, 1.0)
 
 
 def test_empty_call_and_unknown_impl():
@@ -278,11 +277,19 @@ def test_kernel_in_use_reports_the_cpp_operator(cpp_kernel):
     assert paged_kernel.kernel_in_use() == "cpp" and paged_kernel.kernel_error() is None
 
 
+def test_cpp_source_shows_definitions_from_the_compiled_file():
+    assert paged_kernel.cpp_source("decode_item").count("void decode_item(") == 1
+    assert paged_kernel.cpp_source("TORCH_LIBRARY").startswith("TORCH_LIBRARY(kvgpt, m)")
+    with pytest.raises(ValueError, match="name"):
+        paged_kernel.cpp_source("no_such_function")
+
+
 # --- the online softmax ---
 
 @st.composite
 def attention_inputs(draw):
-    b, hkv, group, t = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 5))
+    b, hkv, group = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    t = draw(st.integers(1, 5))
     s, d = t + draw(st.integers(0, 30)), draw(st.sampled_from([4, 16]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     q = torch.randn(b, hkv * group, t, d, generator=g) * draw(st.sampled_from([1.0, 30.0]))  # 30: large logits
@@ -339,7 +346,7 @@ def test_sdpa_is_causal_with_one_query_attends_to_key_0_only():
     """Documents the pitfall: SDPA's causal mask is top-left aligned, so a 1-token query over S > 1 keys sees
     key 0 alone, not the whole past. (If torch changes this, the guard below still holds.)"""
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 5, 8, generator=g), torch.randn(1, 1, 5, 8, generator=g)
+    q, k, v = (torch.randn(1, 1, n, 8, generator=g) for n in (1, 5, 5))
     wrong = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(wrong, v[:, :, :1], atol=1e-6)  # key 0's value, exactly
     right = F.scaled_dot_product_attention(q, k, v)

@@ -217,8 +217,9 @@ struct Item {
   int64_t i0, nq, kh0, kh1;  // queries i0 .. i0 + nq - 1, KV heads kh0 .. kh1 - 1
 };
 
-// Consecutive queries of one sequence form tiles of up to kRows / group; a tile of several queries is one item per KV head,
-// a lone query (a decode row) is one item for all heads, split only when too few items would leave threads idle.
+// Consecutive queries of one sequence form tiles of up to kRows / group: a tile of several queries is one item per
+// KV head; a lone query (a decode row) is one item for all heads, split only when too few items would leave
+// threads idle (the CPU's small version of flash-decoding's split, along heads instead of keys).
 std::vector<Item> plan(const int64_t* rows, int64_t N, int64_t Hkv, int64_t group, int64_t threads) {
   const int64_t kTile = std::max<int64_t>(1, kRows / group);  // queries per tile: their heads fill kRows rows
   std::vector<std::pair<int64_t, int64_t>> tiles;
@@ -230,7 +231,8 @@ std::vector<Item> plan(const int64_t* rows, int64_t N, int64_t Hkv, int64_t grou
   }
   int64_t work = 0;
   for (const auto& t : tiles) work += t.second == 1 ? 1 : Hkv;
-  const int64_t splits = std::clamp<int64_t>((4 * threads + work - 1) / work, 1, Hkv), per = (Hkv + splits - 1) / splits;
+  const int64_t splits = std::clamp<int64_t>((4 * threads + work - 1) / work, 1, Hkv);
+  const int64_t per = (Hkv + splits - 1) / splits;
   std::vector<Item> items;
   for (const auto& t : tiles)
     for (int64_t kh = 0; kh < Hkv; kh += t.second == 1 ? per : 1)
@@ -243,7 +245,8 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
                            double scale) {
   TORCH_CHECK_VALUE(q.dim() == 3 && q.stride(2) == 1, "q must be (N, H, D) with a contiguous last dim");
   TORCH_CHECK_VALUE(k_pool.dim() == 4 && k_pool.is_contiguous() && v_pool.sizes() == k_pool.sizes() &&
-                        v_pool.is_contiguous(), "k_pool and v_pool must be one contiguous (blocks, block_size, Hkv, D)");
+                        v_pool.is_contiguous(),
+                    "k_pool and v_pool must be one contiguous (blocks, block_size, Hkv, D)");
   TORCH_CHECK_VALUE(q.scalar_type() == k_pool.scalar_type() && q.scalar_type() == v_pool.scalar_type(),
                     "q, k_pool and v_pool must share one dtype");
   const int64_t N = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_pool.size(2), bs = k_pool.size(1);
