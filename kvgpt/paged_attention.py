@@ -96,6 +96,8 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slot_mapping: torch.Ten
 def _check_pools(k_pool, v_pool) -> None:
     check_tensor("k_pool", k_pool, (4,), FLOAT_DTYPES, "(num_blocks, block_size, Hkv, D)")
     check_tensor("v_pool", v_pool, (4,), (k_pool.dtype,), "(num_blocks, block_size, Hkv, D)")
+    if 0 in k_pool.shape:
+        fail_value("k_pool", k_pool, "a pool with at least one block, slot, K/V head and channel")
     if v_pool.shape != k_pool.shape or v_pool.device != k_pool.device:
         fail_value("v_pool", v_pool, f"k_pool's shape {tuple(k_pool.shape)} on {k_pool.device}")
     for name, pool in (("k_pool", k_pool), ("v_pool", v_pool)):
@@ -219,18 +221,17 @@ def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
     _check_call(q, k_pool, v_pool, block_tables, query_row, query_pos)
     if q.size(2) == 0:
         return q.new_empty(q.shape)
-    cpp_ok = q.device.type == "cpu" and q.dtype in CPP_DTYPES
+    op = load_paged_kernel() if q.device.type == "cpu" and q.dtype in CPP_DTYPES and impl in ("auto", "cpp") else None
     if impl == "auto":
-        impl = "cpp" if cpp_ok and load_paged_kernel() is not None else "blockwise"
+        impl = "cpp" if op is not None else "blockwise"
     if impl == "cpp":
-        op = load_paged_kernel() if cpp_ok else None
         if op is None:
             raise ValueError(f"impl='cpp' needs CPU tensors of {CPP_DTYPES} and a built kernel (q: {q.dtype} on "
                              f"{q.device}; kvgpt.paged_kernel.kernel_error() says why a build failed)")
-        qt = q[0].transpose(0, 1)  # (N, H, D): a view, the kernel takes strides
-        out = op(qt if qt.stride(-1) == 1 else qt.contiguous(), k_pool, v_pool, block_tables.long().contiguous(),
-                 query_row.long().contiguous(), query_pos.long().contiguous(), 1.0 / math.sqrt(q.size(-1)))
-        return out.transpose(0, 1).unsqueeze(0)  # (1, H, N, D)
+        index = (block_tables, query_row, query_pos)
+        if not all(t.dtype == torch.long and t.is_contiguous() for t in index):
+            index = tuple(t.long().contiguous() for t in index)
+        return op(q if q.stride(-1) == 1 else q.contiguous(), k_pool, v_pool, *index, q.size(-1) ** -0.5)
     _check_indices(k_pool, block_tables, query_row, query_pos)
     if impl == "gather":
         return paged_attention_gather(q, k_pool, v_pool, block_tables, query_row, query_pos)

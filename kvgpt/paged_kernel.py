@@ -41,9 +41,9 @@ def build_flag_sets() -> list[list[str]]:
 
 
 def _registered():
-    """torch.ops.kvgpt.paged_attention if this process already loaded it, else None."""
+    """torch.ops.kvgpt.paged_attention (its one overload) if this process already loaded it, else None."""
     try:
-        return torch.ops.kvgpt.paged_attention
+        return torch.ops.kvgpt.paged_attention.default
     except (AttributeError, RuntimeError):
         return None
 

@@ -9,10 +9,10 @@
 //                product; keys are loaded once for the whole tile and the loops run along the tile's rows.
 //
 // Registered as torch.ops.kvgpt.paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, scale):
-//   q            (N, H, D)   last dim contiguous (any strides for N and H: a view of the fused qkv projection)
+//   q            (1, H, N, D) last dim contiguous (any strides for H and N: a view of the fused qkv projection)
 //   k_pool/v_pool (num_blocks, block_size, Hkv, D) contiguous, H % Hkv == 0 (grouped-query attention)
 //   block_tables (R, M) int64, query_row (N,) int64, query_pos (N,) int64
-//   -> out (N, H, D): query i attends to keys 0 .. query_pos[i] of sequence query_row[i].
+//   -> out (1, H, N, D), stored as (N, H, D): query i attends to keys 0 .. query_pos[i] of row query_row[i].
 // Built at first use by kvgpt/paged_kernel.py. Introduced in notebooks/14_attention_kernels.ipynb.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -243,13 +243,14 @@ std::vector<Item> plan(const int64_t* rows, int64_t N, int64_t Hkv, int64_t grou
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                            const at::Tensor& block_tables, const at::Tensor& query_row, const at::Tensor& query_pos,
                            double scale) {
-  TORCH_CHECK_VALUE(q.dim() == 3 && q.stride(2) == 1, "q must be (N, H, D) with a contiguous last dim");
+  TORCH_CHECK_VALUE(q.dim() == 4 && q.size(0) == 1 && q.stride(3) == 1,
+                    "q must be (1, H, N, D) with a contiguous last dim");
   TORCH_CHECK_VALUE(k_pool.dim() == 4 && k_pool.is_contiguous() && v_pool.sizes() == k_pool.sizes() &&
                         v_pool.is_contiguous(),
                     "k_pool and v_pool must be one contiguous (blocks, block_size, Hkv, D)");
   TORCH_CHECK_VALUE(q.scalar_type() == k_pool.scalar_type() && q.scalar_type() == v_pool.scalar_type(),
                     "q, k_pool and v_pool must share one dtype");
-  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_pool.size(2), bs = k_pool.size(1);
+  const int64_t H = q.size(1), N = q.size(2), D = q.size(3), Hkv = k_pool.size(2), bs = k_pool.size(1);
   TORCH_CHECK_VALUE(k_pool.size(3) == D && Hkv > 0 && H % Hkv == 0, "k_pool's (Hkv, D) must fit q's (H, D)");
   for (const at::Tensor* t : {&block_tables, &query_row, &query_pos})
     TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
@@ -257,7 +258,8 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
                         query_row.size(0) == N && query_pos.size(0) == N,
                     "block_tables must be (R, M), query_row and query_pos (N,)");
   check_indices(block_tables, query_row, query_pos, k_pool.size(0), bs);
-  at::Tensor out = at::empty({N, H, D}, q.options());
+  // (1, H, N, D) as the model expects it, over (N, H, D) memory: merging the heads afterwards is a free view
+  at::Tensor out = at::empty({1, N, H, D}, q.options()).transpose(1, 2);
   if (N == 0) return out;
   const int64_t group = H / Hkv, threads = at::get_num_threads();
   const int64_t* rows = query_row.data_ptr<int64_t>();
@@ -270,7 +272,7 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pool, const 
     const int64_t* tables = block_tables.data_ptr<int64_t>();
     const int64_t* pos = query_pos.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const int64_t M = block_tables.size(1), q_sn = q.stride(0), q_sh = q.stride(1);
+    const int64_t M = block_tables.size(1), q_sn = q.stride(2), q_sh = q.stride(1);
     const float sc = static_cast<float>(scale);
     const auto decode = D == 32 ? decode_item<scalar_t, 32> : D == 64 ? decode_item<scalar_t, 64>
                       : D == 128 ? decode_item<scalar_t, 128> : decode_item<scalar_t, 0>;
