@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 import warnings
 
 import torch
@@ -71,11 +72,18 @@ def paged_block_mask(block_tables: torch.Tensor, query_row: torch.Tensor, query_
                                     seq_lengths=(t, num_blocks * block_size))
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex():
+def _flex(q, k, v, block_mask, enable_gqa):
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)  # one compiled kernel per shape
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_flex(key: tuple):
+    """One compiled function per shape `key`, each with its own code object: dynamo's per-function recompile
+    limit (8) would otherwise send the ninth shape back to eager flex silently (as kvgpt/compiled.py does)."""
+    fresh = types.FunctionType(_flex.__code__.replace(), _flex.__globals__, "_flex")
+    return torch.compile(fresh, dynamic=False, fullgraph=True)
 
 
 def flex_paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, compiled: bool = True,
@@ -85,14 +93,15 @@ def flex_paged_attention(q, k_pool, v_pool, block_tables, query_row, query_pos, 
     block_mask: paged_block_mask's result for this step, built once and shared by every layer (None: build it).
     Introduced in notebooks/14_attention_kernels.ipynb.
     """
-    from torch.nn.attention.flex_attention import flex_attention
-
     (_, h, n, d), rows, (nb, bs, hkv, _) = q.shape, block_tables.size(0), k_pool.shape
     col, t, _ = queries_by_row(query_row, query_pos, rows)
     mask = paged_block_mask(block_tables, query_row, query_pos, bs, nb) if block_mask is None else block_mask
     k, v = (pool.view(1, nb * bs, hkv, d).transpose(1, 2) for pool in (k_pool, v_pool))  # (1, Hkv, nb * bs, D)
-    run = _compiled_flex() if compiled else flex_attention
+    grid = _grid(q, query_row, col, rows, t)  # (R, H, T, D)
+    key = (tuple(grid.shape), tuple(k.shape), grid.dtype, tuple(mask.kv_indices.shape),
+           torch.is_inference_mode_enabled())
+    run = _compiled_flex(key) if compiled else _flex
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*unfused implementation.*")  # eager flex says it is slow
-        out = run(_grid(q, query_row, col, rows, t), k, v, block_mask=mask, enable_gqa=hkv != h)  # (R, H, T, D)
+        out = run(grid, k, v, mask, hkv != h)  # (R, H, T, D)
     return out[query_row, :, col].transpose(0, 1).unsqueeze(0)  # (1, H, N, D)

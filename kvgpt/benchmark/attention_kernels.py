@@ -149,6 +149,11 @@ def _time(fn, min_s: float) -> float:
 def measure_case(case: Case, threads: int, variants=VARIANTS, repeats: int = 5, min_s: float = 0.02) -> list[dict]:
     """Time every variant on one case: warm-up (flex: its compile time), then `repeats` interleaved rounds."""
     torch.set_num_threads(threads)
+    with torch.inference_mode():  # warm-up and timing alike (a compiled function is specialised on grad mode)
+        return _measure(case, threads, variants, repeats, min_s)
+
+
+def _measure(case: Case, threads: int, variants, repeats: int, min_s: float) -> list[dict]:
     inputs = make_inputs(case)
     reference = variant_call("gather", inputs)()
     calls, compile_s, diffs, errors = {}, {}, {}, {}
@@ -165,11 +170,10 @@ def measure_case(case: Case, threads: int, variants=VARIANTS, repeats: int = 5, 
         diffs[name] = float("nan") if name == "static" else float((out - reference).abs().max())
     best = {name: float("inf") for name in calls}
     mask_s = {"flex": _time(lambda: flex_block_mask(inputs), min_s)} if "flex" in calls else {}
-    with torch.inference_mode():
-        for r in range(repeats):
-            names = list(calls)
-            for name in names[r % len(names):] + names[:r % len(names)]:  # a different variant goes first each round
-                best[name] = min(best[name], _time(calls[name], min_s))
+    for r in range(repeats):
+        names = list(calls)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # a different variant goes first each round
+            best[name] = min(best[name], _time(calls[name], min_s))
     h, d, hkv = MODELS[case.model]
     return [{**asdict(case), "heads": h, "head_dim": d, "kv_heads": hkv, "threads": threads, "variant": name,
              "us_per_call": best[name] * 1e6, "x_static": best[name] / best["static"] if "static" in best else None,
