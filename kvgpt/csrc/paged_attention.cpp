@@ -68,6 +68,16 @@ void check_indices(const at::Tensor& tables, const at::Tensor& rows, const at::T
   }
 }
 
+// Ask for the cache lines of p[0 .. n) ahead of their use. Blocks are scattered over the pool, so the hardware
+// prefetcher, which follows addresses that advance regularly, loses the stream at every block boundary.
+template <typename T>
+inline void prefetch(const T* p, int64_t n) {
+#if defined(__GNUC__)
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b);
+#endif
+}
+
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kRows = 16;  // (query, head) rows of a tile item: 16 floats, one AVX-512 register
 typedef float Rows __attribute__((vector_size(kRows * sizeof(float))));  // GCC/clang vectors: kRows lanes
@@ -90,8 +100,10 @@ void decode_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* 
   for (int64_t start = 0; start <= last; start += bs) {  // the sequence's blocks, in order
     const int64_t n = std::min(bs, last + 1 - start);   // keys of this block the query may see
     const int64_t base = table[start / bs] * bs * slot;
+    const int64_t next = start + bs <= last ? table[start / bs + 1] * bs * slot : -1;  // fetched meanwhile
     for (int64_t c = 0; c < n; ++c) {  // scores s[j][c] = q_j . k_c, for every head j of the item
       const scalar_t* kc = k + base + c * slot;
+      if (next >= 0) prefetch(k + next + c * slot + kh0 * D, (kh1 - kh0) * D);
       for (int64_t j = 0; j < heads; ++j) {
         const float* qj = qf + j * D;
         const scalar_t* kj = kc + (kh0 + j / group) * D;
@@ -117,6 +129,7 @@ void decode_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* 
     }
     for (int64_t c = 0; c < n; ++c) {  // acc_j += weight * v_c, walking the block's values in order
       const scalar_t* vc = v + base + c * slot;
+      if (next >= 0) prefetch(v + next + c * slot + kh0 * D, (kh1 - kh0) * D);
       for (int64_t j = 0; j < heads; ++j) {
         const float p = s[j * bs + c];
         const scalar_t* vj = vc + (kh0 + j / group) * D;
@@ -156,6 +169,11 @@ void tile_item(const scalar_t* q, int64_t q_sn, int64_t q_sh, const scalar_t* k,
   for (int64_t start = 0; start <= last; start += bs) {
     const int64_t n = std::min(bs, last + 1 - start);
     const int64_t base = (table[start / bs] * bs * Hkv + kh) * D;
+    if (start + bs <= last)  // the next block's keys and values of head kh, fetched while this block is computed
+      for (int64_t c = 0; c < bs; ++c) {
+        prefetch(k + (table[start / bs + 1] * bs * Hkv + kh) * D + c * slot, D);
+        prefetch(v + (table[start / bs + 1] * bs * Hkv + kh) * D + c * slot, D);
+      }
     for (int64_t c0 = 0; c0 < n; c0 += 4) {  // s[c][w] = q_w . k_c, four keys at a time (four independent sums)
       const int64_t nc = std::min<int64_t>(4, n - c0);
       const scalar_t* kc[4];
