@@ -385,3 +385,20 @@ def test_the_package_never_asks_sdpa_for_a_causal_mask_it_cannot_mean(monkeypatc
         model.prefill(ids[:, 5:], cache.batch([0], [1]))
     assert any(causal for _, _, causal in calls) and any(t == 1 for t, _, _ in calls)
     assert all(t == s for t, s, causal in calls if causal), calls
+
+
+# --- the benchmark (numbers, never timings) ---
+
+@pytest.mark.parametrize("chunk, ragged", [(0, False), (8, True)])
+def test_benchmark_variants_agree_and_bytes_add_up(cpp_kernel, chunk, ragged):
+    from kvgpt.benchmark.attention_kernels import Case, bytes_moved, make_inputs, measure_case
+
+    case = Case("embedded-gqa", rows=3, past=20, chunk=chunk, ragged=ragged)
+    rows = measure_case(case, threads=1, variants=("static", "gather", "blockwise", "cpp"), repeats=1, min_s=0.0)
+    assert {r["variant"] for r in rows} == {"static", "gather", "blockwise", "cpp"}
+    assert all(r["max_abs_diff"] <= TOL for r in rows if r["variant"] != "static")
+    inputs = make_inputs(case)
+    slot = 2 * 2 * 32 * 4  # K and V, 2 K/V heads, D = 32, fp32
+    visible = int((inputs["md"].query_pos + 1).sum())
+    assert bytes_moved("cpp", inputs) == visible * slot
+    assert bytes_moved("gather", inputs) == 3 * 3 * int(inputs["md"].query_pos.max() + 1) * slot
