@@ -5,7 +5,8 @@ Writes figures/attention_kernels.csv (one row per case, thread count and variant
 and figures/attention_kernels_meta.json (CPU model, torch, the kernel in use, load average at start and end).
 Variants alternate inside every repeat and the minimum is kept, but timings on a shared machine are still noisy:
 run it on an idle machine for published figures. Compiled FlexAttention compiles once per shape (tens of
-seconds), so by default it runs on a few cases only (--flex all: every case; --flex none: never).
+seconds, measured cold: inductor's cache starts in a fresh directory), so by default it runs on a few cases
+only (--flex all: every case; --flex none: never).
 
     PYTHONPATH=. python scripts/bench_attention_kernels.py [--quick] [--threads 1 2] [--repeats 5] [--flex some]
 """
@@ -16,16 +17,21 @@ import argparse
 import json
 import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import torch
+if "--warm-inductor-cache" not in sys.argv:  # compile times are measured cold: inductor's on-disk cache starts empty
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="kvgpt-kernels-inductor-")
 
-from kvgpt.benchmark.attention_kernels import VARIANTS, case_grid, measure_case
-from kvgpt.benchmark.report import cpu_name
-from kvgpt.flex_paged import flex_unsupported_reason
-from kvgpt.paged_kernel import build_flag_sets, kernel_error, kernel_in_use
-from kvgpt.plots.kernels import plot_kernel_times
+import torch  # noqa: E402 -- after the cache directory is chosen
+
+from kvgpt.benchmark.attention_kernels import VARIANTS, case_grid, measure_case  # noqa: E402
+from kvgpt.benchmark.report import cpu_name  # noqa: E402
+from kvgpt.flex_paged import flex_unsupported_reason  # noqa: E402
+from kvgpt.paged_kernel import build_flag_sets, kernel_error, kernel_in_use  # noqa: E402
+from kvgpt.plots.kernels import plot_kernel_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +52,8 @@ def main() -> int:
     ap.add_argument("--min-s", type=float, default=0.02, help="seconds of calls per timing")
     ap.add_argument("--flex", choices=["some", "all", "none"], default="some")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "figures")
+    ap.add_argument("--warm-inductor-cache", action="store_true",
+                    help="reuse inductor's on-disk cache (flex's first calls then no longer measure compiling)")
     a = ap.parse_args()
     import pandas as pd
 
@@ -69,6 +77,7 @@ def main() -> int:
     meta = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "kernel_in_use": kernel_in_use(), "kernel_error": kernel_error(),
             "cpp_flags": build_flag_sets()[0], "flex": flex_unsupported_reason() or f"compiled, cases: {a.flex}",
+            "inductor_cache": "warm" if a.warm_inductor_cache else "cold (a fresh directory)",
             "threads": a.threads, "repeats": a.repeats, "min_s": a.min_s, "quick": a.quick,
             "wall_s": round(time.time() - t0, 1), "load_average_start": [round(x, 2) for x in load_start],
             "load_average_end": [round(x, 2) for x in os.getloadavg()]}
