@@ -22,7 +22,7 @@ from .attention import attend
 from .online_softmax import NEG_INF, empty_state, finish, online_softmax_update
 from .paged_kernel import load_paged_kernel
 from .validation import (ArgumentTypeError, check_choice, check_int, check_positive_int, check_tensor,
-                         fail_value)
+                         fail_value, show)
 
 IMPLS = ("auto", "cpp", "blockwise", "gather")
 CPP_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # what the C++ kernel is compiled for
@@ -53,19 +53,24 @@ def paged_metadata(past_lengths: list[int], num_new: list[int], tables: list[lis
     Introduced in notebooks/14_attention_kernels.ipynb.
     """
     bs, nb = check_positive_int("block_size", block_size), check_positive_int("num_blocks", num_blocks)
-    for name, value in (("past_lengths", past_lengths), ("num_new", num_new), ("tables", tables)):
-        if not isinstance(value, (list, tuple)) or len(value) != len(num_new) or not value:
-            fail_value(name, value, f"a non-empty list with one entry per sequence ({len(num_new)})")
-    for r, (past, new, table) in enumerate(zip(past_lengths, num_new, tables)):
+    rows = len(num_new) if isinstance(num_new, (list, tuple)) else 0
+    for name, value in (("num_new", num_new), ("past_lengths", past_lengths), ("tables", tables)):
+        if not isinstance(value, (list, tuple)) or len(value) != rows or not value:
+            fail_value(name, value, f"a non-empty list with one entry per sequence (num_new has {rows})")
+    for r, (past, new, table) in enumerate(zip(past_lengths, num_new, tables)):  # per sequence, never per token
         check_int(f"past_lengths[{r}]", past, low=0)
         check_positive_int(f"num_new[{r}]", new)
         need = -(-(past + new) // bs)
         if not isinstance(table, (list, tuple)) or len(table) < need:
             fail_value(f"tables[{r}]", table, f"a list of at least {need} block ids (positions 0..{past + new - 1})")
-        for j, block in enumerate(table):
-            check_int(f"tables[{r}][{j}]", block, 0, nb - 1)
     width = max(len(t) for t in tables)
-    block_tables = torch.tensor([list(t) + [t[0]] * (width - len(t)) for t in tables], device=device)  # (R, M)
+    try:
+        block_tables = torch.tensor([list(t) + [t[0]] * (width - len(t)) for t in tables], device=device)  # (R, M)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"tables={show(tables)}: must hold int block ids ({e})") from None
+    if block_tables.dtype not in INDEX_DTYPES:
+        fail_value("tables", tables, "int block ids")
+    _check_range("tables", block_tables, nb)
     new = torch.tensor(num_new, device=device)  # (R,)
     query_row = torch.repeat_interleave(torch.arange(len(num_new), device=device), new)  # (N,)
     first = torch.cumsum(new, 0) - new  # (R,): flattened index of each row's first query

@@ -166,7 +166,9 @@ def test_metadata_positions_rows_and_slots():
     ([5], [1], [[7]], "tables[0]"),  # 6 positions need 2 blocks of 4
     ([0], [0], [[1]], "num_new[0]"),
     ([-1], [1], [[1]], "past_lengths[0]"),
-    ([0], [1], [[10]], "tables[0][0]"),  # num_blocks = 10
+    ([0], [1], [[10]], "tables"),  # num_blocks = 10
+    ([0], [1], [[1.5]], "tables"),
+    ([0], None, [[1]], "num_new"),
     ([0, 1], [1], [[1]], "past_lengths"),
 ])
 def test_metadata_refuses_what_the_kernel_could_not_follow(past, new, tables, message):
