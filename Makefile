@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 LAB_ARGS ?=
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: lab test unit nbval browser notebooks demo bench bench-quick peers-env peers-bench serve-bench serve-bench-quick serve serve-online vllm-env vllm-parity vllm-bench figures colab-url clean
+.PHONY: lab test unit nbval browser notebooks demo bench bench-quick peers-env peers-bench serve-bench serve-bench-quick serve serve-online kernels-bench vllm-env vllm-parity vllm-bench figures colab-url clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,11 @@ ONLINE_ARGS ?=
 serve-online: $(VENV)/.installed vllm-env
 	@if [ -f $(VLLM_VENV)/.installed ]; then $(PY) peers/vllm/serve_online.py --vllm-python $(VLLM_PY) $(ONLINE_ARGS); \
 	else echo "serve-online: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
+
+# Chapter 14: paged-attention kernels side by side (figures/attention_kernels.*); about 15 minutes on 2 cores, compiled
+# FlexAttention included (tens of seconds of compiling per shape). Re-execute notebooks/14_attention_kernels.ipynb after.
+kernels-bench: $(VENV)/.installed
+	PYTHONPATH=. $(PY) scripts/bench_attention_kernels.py $(KERNELS_ARGS)
 
 # vLLM (CPU wheel) lives in its own venv: it pins torch==2.13.0 and transformers<5.20. Built on first use; if a step
 # fails the reason is kept in $(VLLM_VENV)/.failed and the targets below print it and exit 0.

@@ -261,3 +261,36 @@ def test_fuzz_load_pretrained(arg, value):
     if out is not None:
         model, tok = out
         assert model.config.vocab_size == tok.vocab_size
+
+
+def _valid_paged():
+    from kvgpt.paged_attention import paged_metadata
+
+    g = torch.Generator().manual_seed(0)
+    md = paged_metadata([5, 0], [1, 3], [[2, 0], [1]], block_size=4, num_blocks=3)
+    return {"q": torch.randn(1, 4, 4, 8, generator=g), "k_pool": torch.randn(3, 4, 2, 8, generator=g),
+            "v_pool": torch.randn(3, 4, 2, 8, generator=g), "block_tables": md.block_tables,
+            "query_row": md.query_row, "query_pos": md.query_pos, "impl": "auto"}
+
+
+PAGED_GROUPS = {"q": ("q", "k_pool", "v_pool"), "k_pool": ("k_pool", "v_pool", "q"), "v_pool": ("v_pool",),
+                "block_tables": ("block_tables", "query_row", "query_pos"), "query_row": ("query_row", "query_pos"),
+                "query_pos": ("query_pos",), "impl": ("impl",)}
+
+
+@fuzz
+@given(st.sampled_from(sorted(PAGED_GROUPS)), st.one_of(HOSTILE, tensors(max_dims=4)))
+def test_fuzz_paged_attention(arg, value):
+    """Hostile values for paged attention (issue 23): refused naming the argument (or the one it contradicts),
+    the pools untouched; whatever is accepted equals the gather reference."""
+    from kvgpt.paged_attention import paged_attention, paged_attention_gather
+
+    call = {**_valid_paged(), arg: value}
+    from helpers import _tensor_state  # the bytes of every tensor argument: a call must not write into them
+
+    before = {n: _tensor_state(v) for n, v in call.items() if isinstance(v, torch.Tensor)}
+    out = outcome(lambda: paged_attention(**call), PAGED_GROUPS[arg])
+    assert all(_tensor_state(call[n]) == state for n, state in before.items())
+    if out is not None:
+        args = [call[n] for n in ("q", "k_pool", "v_pool", "block_tables", "query_row", "query_pos")]
+        assert (out - paged_attention_gather(*args)).abs().max() <= 1e-5
