@@ -34,7 +34,8 @@ class CacheView(Protocol):
     (None: store nothing); check_call(model, B, T): every check before anything is written; context_end(T): the
     largest position + 1 reached (checked against block_size); position_ids(T): (T,) or (B, T) positions of the new
     tokens; attention_mask(T): the mask of the call, built once, or None — meaning "every key" for T == 1 and "the
-    plain causal triangle" (T == S) for T > 1.
+    plain causal triangle" (T == S) for T > 1. A view may also have `last_index` (R,): the token columns whose
+    logits last_only returns, one per sequence of a flat call (kvgpt/serving/paged_batch.py); without it, the last.
     Introduced in notebooks/04_kv_cache.ipynb.
     """
 

@@ -132,9 +132,9 @@ class MiniGPTInferenceModel(nn.Module):
             raise ValueError(f"{end} positions exceed the model's context block_size={self.config.block_size}")
         cache.check_call(self, b, t)
 
-    def _logits(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
-        if last_only:
-            x = x[:, -1]  # (B, C): the LM head is the widest matmul; skip the rows nobody reads
+    def _logits(self, x: torch.Tensor, last_only: bool, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        if last_only:  # the LM head is the widest matmul: skip the rows nobody reads
+            x = x[:, -1] if last_index is None else x[0, last_index]  # (B, C), or (R, C): a flat call's sequences
         return self.lm_head(self.final_layernorm(x))  # (B, T, V) or (B, V)
 
     def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -202,8 +202,9 @@ class MiniGPTInferenceModel(nn.Module):
     def _run(self, token_ids: torch.Tensor, cache: CacheView, past: int, last_only: bool) -> torch.Tensor:
         """The one forward every path runs (full, prefill, step, paged, compiled): no checks, no host syncs.
 
-        Shapes: token_ids (B, T) -> logits (B, T, V), or (B, V) if last_only. `cache` answers the call's
-        positions and mask once; each layer reads and writes only its own cache.
+        Shapes: token_ids (B, T) -> logits (B, T, V), or (B, V) if last_only (a flat paged call of R sequences in
+        one row: (R, V), each sequence's last token, from cache.last_index). `cache` answers the call's positions and
+        mask once; each layer reads and writes only its own cache.
         """
         t, device = token_ids.size(1), token_ids.device
         pos = cache.position_ids(t, device)  # (T,) or (B, T)
@@ -211,7 +212,7 @@ class MiniGPTInferenceModel(nn.Module):
         x = self.token_embedding(token_ids) + self.position_embedding(pos)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache.get(i), past, mask)  # layer i reads and writes only cache i
-        return self._logits(x, last_only)
+        return self._logits(x, last_only, getattr(cache, "last_index", None))
 
 
 def check_model(name: str, model) -> MiniGPTInferenceModel:

@@ -94,6 +94,13 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slot_mapping: torch.Ten
         if new.shape != (1, k_pool.size(2), slot_mapping.numel(), k_pool.size(3)):
             fail_value(name, new, f"shape (1, Hkv, N, D) = {(1, k_pool.size(2), slot_mapping.numel(), k_pool.size(3))}")
     _check_range("slot_mapping", slot_mapping, k_pool.size(0) * k_pool.size(1))
+    store_kv(k_pool, v_pool, slot_mapping, k, v)
+
+
+def store_kv(k_pool, v_pool, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """write_kv without its checks, for metadata the engine built itself (index_copy_ still refuses a slot
+    outside the pool). Shapes as write_kv. Introduced in notebooks/14_attention_kernels.ipynb.
+    """
     for pool, new in ((k_pool, k), (v_pool, v)):
         pool.view(-1, pool.size(2), pool.size(3)).index_copy_(0, slot_mapping, new[0].transpose(0, 1))  # (N, Hkv, D)
 

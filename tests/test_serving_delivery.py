@@ -194,9 +194,9 @@ def test_a_failing_call_ends_only_its_requests(reqs, fail_at, where, block_size)
     calls, failed_rows = [], []
     batch, prefill = engine.cache.batch, model.prefill
 
-    def recorded_batch(seq_ids, num_new):
+    def recorded_batch(seq_ids, num_new, *rest):
         calls.append(list(seq_ids))
-        return batch(seq_ids, num_new)
+        return batch(seq_ids, num_new, *rest)
 
     def failing_prefill(*args, **kwargs):
         if len(calls) - 1 == fail_at and where == "model":

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 
 from ..model import check_model
+from ..paged_attention import IMPLS
 from ..requests import RowSampler, check_request
 from ..sampling import Sampler
-from ..validation import check_allocation, check_bool, check_positive_int, fail_type, is_int
+from ..validation import check_allocation, check_bool, check_choice, check_positive_int, fail_type, is_int
 from .blocks import NoFreeBlocksError
 from .outbox import SHARED, Outbox, Reader, StepError, StepOutput
 from .picking import pick_tokens
@@ -32,8 +33,10 @@ class LLMEngine:
     """
 
     def __init__(self, model, block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 16,
-                 max_num_batched_tokens: int = 256, enable_prefix_caching: bool = True) -> None:
+                 max_num_batched_tokens: int = 256, enable_prefix_caching: bool = True,
+                 attention_impl: str = "auto") -> None:
         cfg = check_model("model", model).config
+        self.attention = check_choice("attention_impl", attention_impl, IMPLS)  # kvgpt/paged_attention.py's kernels
         block_size, max_num_seqs = check_positive_int("block_size", block_size), check_positive_int("max_num_seqs",
                                                                                                    max_num_seqs)
         max_num_batched_tokens = check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
@@ -130,37 +133,31 @@ class LLMEngine:
                                             "(held elsewhere?)")
                 return
             self.stats.steps += 1
-            # decode rows and prompt chunks go in separate calls: one ragged call would pad every decode row to the
-            # longest chunk (16 decode rows beside a 200-token chunk: 3,200 token-rows of work instead of 216)
-            decode = [(seq, n) for seq, n in plan if seq.is_decode]
-            prefill = [(seq, n) for seq, n in plan if not seq.is_decode]
-            self.stats.decode_tokens += len(decode)
-            self.stats.prefill_tokens += sum(n for _, n in prefill)
-            for rows in (decode, prefill):
-                if rows:
-                    self._run(rows)
+            self.stats.decode_tokens += sum(n for seq, n in plan if seq.is_decode)
+            self.stats.prefill_tokens += sum(n for seq, n in plan if not seq.is_decode)
+            self._run(plan)  # decode rows and prompt chunks in ONE flat call: no row is padded to another
         finally:
             self._busy = False
 
     def _run(self, rows: list) -> None:
-        """One ragged model call over rows = [(sequence, tokens to run)]; sample the rows that reached their end.
+        """One flat model call over rows = [(sequence, tokens to run)]: every row's new tokens in one (1, N) row,
+        logits (R, V) at each row's last token; sample the rows that reached their end.
 
         Transactional: a row's slots are committed only with its token, so a call that raises commits nothing
         (its requests end with finish_reason "error", blocks freed) and a row whose sampling raises ends alone.
         """
-        t = max(n for _, n in rows)
         try:
-            ids = torch.tensor([[0] * (t - n) + seq.tokens[seq.num_computed : seq.num_computed + n]
-                                for seq, n in rows])  # (B, T), each row's tokens right-aligned (left-padded)
-            batch = self.cache.batch([seq.request_id for seq, _ in rows], [n for _, n in rows])
+            ids = torch.tensor([[t for seq, n in rows for t in seq.tokens[seq.num_computed : seq.num_computed + n]]],
+                               device=self.cache.k_pools[0].device)  # (1, N): each row's new tokens in turn
+            batch = self.cache.batch([seq.request_id for seq, _ in rows], [n for _, n in rows], self.attention)
             with torch.inference_mode():
-                logits = self.model.prefill(ids.to(self.cache.k_pools[0].device), batch, last_only=True)  # (B, V)
+                logits = self.model.prefill(ids, batch, last_only=True)  # (R, V)
         except Exception as e:  # noqa: BLE001 -- whatever the model raised, only these requests end
             for seq, _ in rows:
                 self._fail(seq, e)
             return
         self.stats.model_calls += 1
-        self.stats.padded_tokens += len(rows) * t
+        self.stats.model_tokens += ids.size(1)  # token-rows the model computed: exactly the real ones
         picks = pick_tokens(rows, logits)
         for b, (seq, n) in enumerate(rows):
             if isinstance(picks.get(b), Exception):

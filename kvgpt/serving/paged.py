@@ -1,11 +1,10 @@
 """The paged KV cache: per layer one pool of fixed-size blocks, per sequence a block table.
 
 Pool layout (num_blocks, block_size, H, D), as nano-vllm's: one slot = one token's keys of every head,
-contiguous, so writing a token and gathering a sequence are row index ops on a (num_blocks * block_size,
-H, D) view. (vLLM's CUDA layout splits D further for vectorised loads; a gather does not need that.)
-`PagedKVCache.batch()` gives the object the model's forward already talks to (a KVCacheManager's
-questions: batch_size, length, position_ids, attention_mask, get(i).append), so the SAME
-MiniGPTInferenceModel.prefill runs over pages. Introduced in notebooks/10_paged_attention.ipynb.
+contiguous, so writing a token is a row index op on a (num_blocks * block_size, H, D) view and attention reads a
+block's slots in order. `PagedKVCache.batch()` gives the CacheView of one flat model call
+(kvgpt/serving/paged_batch.py), so the SAME MiniGPTInferenceModel.prefill runs over pages.
+Introduced in notebooks/10_paged_attention.ipynb.
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ import torch
 
 from ..config import ModelConfig, check_config
 from ..kv_cache import check_crop_length
-from ..validation import (check_allocation, check_bool, check_device, check_dtype, check_id_list, check_int,
-                          check_positive_int, fail_type, is_int, show)
+from ..paged_attention import IMPLS
+from ..validation import (check_allocation, check_bool, check_choice, check_device, check_dtype, check_id_list,
+                          check_int, check_positive_int, fail_type, is_int, show)
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
 from .paged_batch import PagedBatch, PagedLayer
 
@@ -207,11 +207,13 @@ class PagedKVCache:
                 if j < len(self.hashes[seq_id]):
                     del self.hashes[seq_id][j:]  # this sequence's copy is no longer the registered one
 
-    def batch(self, seq_ids: list[int], num_new: list[int]) -> PagedBatch:
-        """The manager for ONE model call: row b appends num_new[b] tokens to sequence seq_ids[b].
-
-        Every row is checked before any block is copied (copy-on-write), so a refused call changes nothing.
+    def batch(self, seq_ids: list[int], num_new: list[int], impl: str = "auto") -> PagedBatch:
+        """The CacheView of ONE flat model call: sequence seq_ids[r] appends num_new[r] tokens, and the call's
+        token_ids are (1, sum(num_new)): each sequence's new tokens in turn. impl: the attention kernel
+        (kvgpt/paged_attention.py). Every sequence is checked before any block is copied (copy-on-write), so a
+        refused call changes nothing.
         """
+        check_choice("impl", impl, IMPLS)
         for name, value in (("seq_ids", seq_ids), ("num_new", num_new)):
             if not isinstance(value, (list, tuple)) or not value:
                 fail_type(name, value, "a non-empty list, one entry per row")
@@ -227,7 +229,7 @@ class PagedKVCache:
                                  f"call writes up to {self.lengths[s] + n}; reserve() first (never a silent overwrite)")
         for s, n in zip(seq_ids, num_new):
             self._make_writable(s, self.lengths[s], self.lengths[s] + n)
-        return PagedBatch(self, list(seq_ids), [int(n) for n in num_new])
+        return PagedBatch(self, list(seq_ids), [int(n) for n in num_new], impl)
 
     def __repr__(self) -> str:
         return (f"PagedKVCache(sequences={len(self.tables)}, {self.allocator}, "

@@ -47,15 +47,15 @@ class EngineStats:
     """Counters since the last reset: model calls, token-rows by kind, prefix hits, preemptions, peak blocks.
 
     prefill_tokens counts prompt (and recomputed) tokens run through the model, decode_tokens the one-token
-    rows that feed a freshly generated token; padded_tokens = B * T summed over calls (what the model computed,
-    padding included; a step makes up to two calls, decode rows and prompt chunks). Introduced in notebooks/10_paged_attention.ipynb.
+    rows that feed a freshly generated token; model_tokens = N summed over calls, the token-rows the model computed
+    (one flat call per step, no padding: prefill + decode). Introduced in notebooks/10_paged_attention.ipynb.
     """
 
     steps: int = 0
     model_calls: int = 0
     prefill_tokens: int = 0
     decode_tokens: int = 0
-    padded_tokens: int = 0
+    model_tokens: int = 0
     prefix_hit_tokens: int = 0
     preemptions: int = 0
     peak_blocks_used: int = 0
@@ -65,7 +65,7 @@ class EngineStats:
 class Scheduler:
     """waiting / running queues; schedule() -> [(sequence, tokens to run now)] for the next model call.
 
-    vLLM's names: max_num_seqs, max_num_batched_tokens (chunked prefill is always on, as in vLLM v1).
+    vLLM's names: max_num_seqs, max_num_batched_tokens (chunked prefill is always on; vLLM v1's default).
     Introduced in notebooks/10_paged_attention.ipynb.
     """
 
