@@ -13,9 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..batching import check_token_ids
 from ..sampling import Sampler, check_knob
-from ..validation import check_bool, check_int, check_seed, fail_type
+from ..validation import check_bool, check_id_list, check_int, check_seed, fail_type
 
 # Fields that change nothing at these values (what clients such as `vllm bench serve` send); others are refused
 NEUTRAL = {"n": (1,), "best_of": (None, 1), "echo": (False,), "logprobs": (None,), "suffix": (None,),
@@ -148,7 +147,7 @@ def _eos(body: dict, served: Served) -> list[int]:
     extra = [] if body.get("stop_token_ids") is None else body["stop_token_ids"]
     if not isinstance(extra, list):
         _field("stop_token_ids", fail_type, "stop_token_ids", extra, "a list of token ids")
-    _field("stop_token_ids", check_token_ids, "stop_token_ids", extra, served.vocab_size)
+    _field("stop_token_ids", check_id_list, "stop_token_ids", extra, served.vocab_size)
     return eos + extra
 
 
@@ -162,7 +161,7 @@ def _prompt(prompt, served: Served) -> list[int]:
         ids = _field("prompt", served.tokenizer.encode, prompt)
     elif isinstance(prompt, list):
         ids = prompt
-        _field("prompt", check_token_ids, "prompt", ids, served.vocab_size)
+        _field("prompt", check_id_list, "prompt", ids, served.vocab_size)
     else:
         _field("prompt", fail_type, "prompt", prompt, "a string or a list of token ids")
     if not ids:
