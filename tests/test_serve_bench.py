@@ -24,7 +24,7 @@ from kvgpt.benchmark import serve_suite
 from kvgpt.benchmark.serving import (
     Timeline,
     continuous_batching,
-    percentile,
+    poisson_arrivals,
     ragged_tensor,
     static_batching,
     summarize,
@@ -95,7 +95,37 @@ def test_summarize_counts_useful_tokens_ttft_and_gaps():
     assert s["useful_tokens"] == 4 and s["tokens_per_s"] == pytest.approx(8.0)
     assert s["ttft_p50_ms"] == pytest.approx(200.0) and s["ttft_mean_ms"] == pytest.approx(200.0)
     assert s["itl_p50_ms"] == pytest.approx(150.0) and s["itl_p99_ms"] == pytest.approx(199.0)
-    assert percentile([], 50) != percentile([], 50)  # NaN
+    assert s["tpot_p50_ms"] == pytest.approx(150.0)  # request 0: (0.4 - 0.1) / 2; request 1 has one token
+    late = summarize(Timeline(tokens=tl.tokens, times=tl.times, steps=tl.steps, step_s=tl.step_s, wall_s=0.5,
+                              arrivals=[0.05, 0.25]))
+    assert late["ttft_p50_ms"] == pytest.approx(50.0)  # from each request's arrival: 50 ms and 50 ms
+    assert summarize(Timeline.empty(2))["ttft_p50_ms"] != summarize(Timeline.empty(2))["ttft_p50_ms"]  # NaN
+
+
+def test_poisson_arrivals_are_seeded_increasing_and_at_the_rate():
+    times = poisson_arrivals(2000, 50.0, seed=3)
+    assert times == poisson_arrivals(2000, 50.0, seed=3) and times != poisson_arrivals(2000, 50.0, seed=4)
+    assert all(a < b for a, b in zip(times, times[1:])) and 35 < times[-1] < 45  # 2000 / 50 = 40 s expected
+    assert poisson_arrivals(3, float("inf")) == [0.0, 0.0, 0.0]
+
+
+def test_arrivals_are_served_only_after_they_arrive_and_static_batches_wait_to_drain():
+    """An engine never produces a token before its request arrived; static batching starts a batch only when idle,
+    so a request arriving during a batch waits for it to drain; continuous batching lets it join at the next step.
+    Every request still gets its solo tokens either way."""
+    model = cached_model()
+    requests = [Request((1, 2, 3), 60), Request((4, 5), 3), Request((6,), 3)]
+    arrivals = [0.0, 0.03, 0.031]
+    alone = tokens_alone(model, requests)
+    static = static_batching(model, requests, 4, arrivals)
+    cont = continuous_batching(LLMEngine(model, block_size=4, max_num_seqs=4), requests, arrivals)
+    for tl in (static, cont):
+        assert tl.tokens == alone
+        assert all(ts[0] >= a for ts, a in zip(tl.times, arrivals))
+    rows = [set(s) | set(i) for s, i in zip(static.steps, static.idle)]  # rows of each static step
+    assert rows[0] == {0} and rows[-1] == {1, 2}  # the first batch started alone at t = 0; 1 and 2 waited for it
+    if arrivals[1] < cont.times[0][-3]:  # request 1 arrived with request 0 still 3 steps from its end:
+        assert cont.times[1][0] <= cont.times[0][-1]  # it joined the running batch instead of waiting
 
 
 def test_wasted_row_steps_counts_what_a_batch_pays_for():

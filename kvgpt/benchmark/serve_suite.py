@@ -22,8 +22,10 @@ import pandas as pd
 import torch
 
 from .engines import TokenMismatchError, check_identical
+from ..linear import recommended_threads
 from .report import metadata
 from .serving import continuous_batching, ragged_tensor, static_batching, summarize
+from .serve_online import decode_step_cost, online_sweep
 from .serving_report import engine_memory_trace, kv_memory, prefix_workload, step_overhead
 from .workload import serve_workload
 
@@ -75,9 +77,11 @@ def serve_model(name: str, model, mode: str, peer: dict | None) -> dict:
                    "reserved_bytes": busy.allocated_bytes.mean(), "used_bytes": busy.used_bytes.mean(),
                    "utilization": statistics.fmean(busy.used_bytes / busy.allocated_bytes),
                    "bytes_per_slot": memory[0]["bytes_per_slot"]})
-    overhead = step_overhead(lambda m: make_engine(m, requests), model, requests)
+    overhead = {**step_overhead(lambda m: make_engine(m, requests), model, requests), **decode_step_cost(model)}
+    online = online_sweep(name, model, requests, mode, lambda: make_engine(model, requests), ENGINE["max_num_seqs"],
+                          (peer or {}).get("online"), same_tokens)
     return {"throughput": table, "memory": pd.DataFrame(memory).assign(model=name), "memory_trace": trace,
-            "overhead": pd.DataFrame([overhead]).assign(model=name), "gantt": runs[NAMES[1]].steps}
+            "overhead": pd.DataFrame([overhead]).assign(model=name), "online": online, "gantt": runs[NAMES[1]].steps}
 
 
 def serve_prefix(model, quick: bool, peer: dict | None) -> pd.DataFrame:
@@ -105,9 +109,12 @@ def targets(results: dict) -> pd.DataFrame:
     for name in tp.model.unique():
         t = tp[tp.model == name].set_index("engine").tokens_per_s
         o = oh.loc[name]
-        why = (f"the model call: {o.model_ms_per_step:.1f} ms/step vs the engine's Python {o.engine_ms_per_step:.1f} "
-               f"ms/step; each step computes {o.computed_per_real:.2f}x the real token-rows (rows padded to the "
-               f"longest chunk)")
+        why = (f"the model call: {o.model_ms_per_step:.1f} ms/step vs the engine's Python {o.engine_ms_per_step:.2f} "
+               f"ms/step; the model computes {o.computed_per_real:.2f}x the real token-rows")
+        rows.append({"target": f"{name}: paged decode step / static-cache step ({o.rows:.0f} rows x {o.past:.0f} past)",
+                     "measured": o.paged_over_static, "required": "<= 1.15", "met": bool(o.paged_over_static <= 1.15),
+                     "bounded_by": f"static {o.static_ms:.2f} ms, paged {o.paged_ms:.2f} ms (the gather it replaced: "
+                                   f"{o.gather_ms:.2f} ms)"})
         c = tp[tp.model == name].set_index("engine").tokens_per_cpu_s
         for other in [e for e in (NAMES[0], NAMES[2]) if e in c]:
             rows.append({"target": f"{name}: kvgpt LLMEngine / {other} tokens per CPU-second",
@@ -121,7 +128,23 @@ def targets(results: dict) -> pd.DataFrame:
             rows.append({"target": f"{name}: best kvgpt engine / vLLM tokens/s",
                          "measured": t[list(NAMES[:2])].max() / t[NAMES[2]], "required": ">= 1",
                          "met": bool(t[list(NAMES[:2])].max() >= t[NAMES[2]]), "bounded_by": ""})
+    rows += online_targets(results["online"])
     return pd.DataFrame(rows)
+
+
+def online_targets(online: pd.DataFrame) -> list[dict]:
+    """Where static batching's queue builds (its p99 TTFT at least twice its value at the lowest rate), continuous
+    batching's p99 TTFT is lower: one row per such rate and model."""
+    rows = []
+    for name, d in online.groupby("model", sort=False):
+        t = d.pivot(index="rate", columns="engine", values="ttft_p99_ms")
+        static, cont = t[NAMES[0]], t[NAMES[1]]
+        for rate in [r for r in t.index if static[r] >= 2 * static.iloc[0]]:
+            rows.append({"target": f"{name} @ {rate:g} req/s: continuous / static p99 TTFT", "required": "< 1",
+                         "measured": cont[rate] / static[rate], "met": bool(cont[rate] < static[rate]),
+                         "bounded_by": f"static batching's queue: p99 TTFT {static[rate]:.0f} ms vs {static.iloc[0]:.0f} "
+                                       f"ms at {t.index[0]:g} req/s"})
+    return rows
 
 
 def read_peer(path: Path, mode: str) -> dict | None:
@@ -140,28 +163,30 @@ def run_serve_bench(quick: bool = True, models=MODELS, threads: int | None = 1, 
                     progress=None) -> dict:
     """Every serving table -> {"throughput", "memory", "memory_trace", "overhead", "prefix", "targets", "meta"}.
 
-    threads: torch threads for the run (default 1: on a shared 2-core machine, 2 OpenMP threads per process
-    collapse under load; vLLM's worker is bound to the same count).
+    threads: torch threads (None: kvgpt.linear.recommended_threads per model: 1 for the embedded model, every core
+    for GPT-2-small; vLLM's worker is bound to the same count by peers/vllm/bench.py).
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     from .suite import build_model
 
     mode, started, old = ("quick" if quick else "full"), time.perf_counter(), torch.get_num_threads()
     peer = read_peer(vllm_json, mode) if vllm_json is not None else None
-    torch.set_num_threads(threads or old)
     try:
         parts, notes = {}, {}
         for name in models:
             progress and progress(f"serve-bench {time.perf_counter() - started:6.1f}s: {name}")
             model, notes[name] = (models[name], "given") if isinstance(models, dict) else build_model(name)
+            torch.set_num_threads(threads or recommended_threads(model))
             out = serve_model(name, model, mode, (peer or {}).get("models", {}).get(name))
-            for key in ("throughput", "memory", "memory_trace", "overhead"):
+            out["throughput"]["threads"] = torch.get_num_threads()
+            for key in ("throughput", "memory", "memory_trace", "overhead", "online"):
                 parts.setdefault(key, []).append(out[key])
             parts.setdefault("gantt", []).append(pd.DataFrame(
                 [{"model": name, "step": s, "request": r} for s, rs in enumerate(out["gantt"]) for r in rs]))
         results = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
         if not isinstance(models, dict) and "shakespeare-char" in models:
             progress and progress(f"serve-bench {time.perf_counter() - started:6.1f}s: prefix caching")
+            torch.set_num_threads(threads or 1)
             results["prefix"] = serve_prefix(build_model("shakespeare-char")[0], quick, (peer or {}).get("prefix"))
         results["targets"] = targets(results)
         results["meta"] = _meta(quick, notes, started, peer)
@@ -193,21 +218,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for CSV, PNG and meta JSON, relative to the current directory (default: "
                              "%(default)s: a full run from the repository root rewrites the stored figures/serve_* that "
                              "chapter 11 and docs/benchmarks.md read)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--threads", default="auto", help="torch threads: an int, or auto (default): 1 for the embedded "
+                        "model, every core for GPT-2-small (kvgpt.linear.recommended_threads)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
                         help=f"models to serve, of {', '.join(MODELS)} (default: all; gpt2-small has random weights)")
     parser.add_argument("--vllm", default=None,
                         help="vLLM's results for the same requests, written by `make vllm-bench` (.venv-vllm/bin/python "
                              "peers/vllm/bench.py); default: OUT/serve[_quick]_vllm.json; without it no vLLM rows")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads {args.threads}: must be >= 1")
+    threads = None if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else 0
+    if threads is not None and threads < 1:
+        parser.error(f"--threads {args.threads}: must be auto or an int >= 1")
     prefix = "serve_quick_" if args.quick else "serve_"
     peer = Path(args.vllm) if args.vllm else Path(args.out) / f"{prefix}vllm.json"
-    results = run_serve_bench(args.quick, tuple(args.models), args.threads, peer,
+    results = run_serve_bench(args.quick, tuple(args.models), threads, peer,
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
-        for key in ("throughput", "memory", "overhead", "prefix", "targets"):
+        for key in ("throughput", "online", "memory", "overhead", "prefix", "targets"):
             if key in results:
                 table = results[key].drop(columns=["mismatch"], errors="ignore")
                 print(f"\n== {key} ==\n{table.to_string(index=False)}")

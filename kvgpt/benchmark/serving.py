@@ -1,21 +1,25 @@
-"""Serving a workload: every request arrives at t = 0; an engine is timed per token as each one comes out.
+"""Serving a workload: requests arrive (all at t = 0, or at seeded Poisson times); each token is timed as it comes out.
 
 Three ways to serve the same requests on the same weights, greedy, no EOS (each request makes exactly its
-max_new_tokens): static batching (Part I's batched generate, max_num_seqs requests at a time, each batch
-running until its longest request ends), continuous batching (kvgpt.serving.LLMEngine, one step() at a time)
-and vLLM (peers/vllm/bench.py, same step loop, read back from JSON). Each run is a Timeline; `summarize`
-turns it into the table's columns. Introduced in notebooks/11_continuous_batching.ipynb.
+max_new_tokens): static batching (Part I's batched generate: when idle, it takes up to max_num_seqs requests
+that have arrived and runs them until the longest ends; later arrivals wait for the next batch), continuous
+batching (kvgpt.serving.LLMEngine, one step() at a time, arrivals join between steps) and vLLM
+(peers/vllm/bench.py, same step loop, read back from JSON). Each run is a Timeline; `summarize` turns it into the
+table's columns, latencies measured from each request's arrival. Introduced in notebooks/11_continuous_batching.ipynb.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
+import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..generation import AutoregressiveGenerator
+from ..validation import check_positive_int
 from .workload import Request
 
 
@@ -34,60 +38,83 @@ class Timeline:
     wall_s: float = 0.0
     idle: list = field(default_factory=list)  # idle[s]: rows that ran at step s but made nothing asked for
     cpu_s: float = float("nan")  # CPU seconds the serving process(es) used: on a busy machine, wall time is not work
+    arrivals: list = field(default_factory=list)  # arrivals[r]: seconds when request r arrived (empty: all at 0)
 
     @classmethod
-    def empty(cls, n: int) -> "Timeline":
-        return cls([[] for _ in range(n)], [[] for _ in range(n)])
+    def empty(cls, n: int, arrivals=None) -> "Timeline":
+        return cls([[] for _ in range(n)], [[] for _ in range(n)], arrivals=list(arrivals or [0.0] * n))
 
     def record(self, rid: int, token: int, t: float) -> None:
         self.tokens[rid].append(int(token))
         self.times[rid].append(t)
 
 
-def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
+    """n arrival times (seconds, from 0) of a Poisson process of `rate` requests/s (exponential gaps, seeded, as
+    `vllm bench serve --request-rate`); rate inf: every request at t = 0. Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    if math.isinf(rate):
+        return [0.0] * n
+    rng, t, out = random.Random(seed), 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+def _pct(values, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
 def summarize(timeline: Timeline) -> dict:
-    """Useful tokens/s, time to first token and inter-token latency (p50/p99, ms) of one run.
+    """Useful tokens/s and, from each request's arrival, time to first token, time per output token and
+    inter-token latency (p50/p99, ms) of one run — vLLM's `bench serve` definitions.
 
-    Useful tokens are the ones a request asked for (static batching's padding steps are not counted).
-    Per-token latency is the gap between consecutive tokens of the same request. tokens_per_cpu_s divides by the
-    CPU time the serving process(es) used instead of wall time: what the run cost, whatever else the machine ran.
+    Useful tokens are the ones a request asked for (static batching's padding steps are not counted). TPOT of a
+    request = (last token - first token) / (tokens - 1); ITL = every gap between consecutive tokens of a request.
+    tokens_per_cpu_s divides by the CPU time the serving process(es) used instead of wall time.
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     useful = sum(len(t) for t in timeline.tokens)
-    ttft = [ts[0] * 1e3 for ts in timeline.times if ts]
+    arrivals = timeline.arrivals or [0.0] * len(timeline.tokens)
+    ttft = [(ts[0] - a) * 1e3 for ts, a in zip(timeline.times, arrivals) if ts]
+    tpot = [(ts[-1] - ts[0]) / (len(ts) - 1) * 1e3 for ts in timeline.times if len(ts) > 1]
     gaps = [(b - a) * 1e3 for ts in timeline.times for a, b in zip(ts, ts[1:])]
+    wall = timeline.wall_s
     return {"requests": len(timeline.tokens), "useful_tokens": useful, "steps": len(timeline.steps),
-            "wall_s": timeline.wall_s, "tokens_per_s": useful / timeline.wall_s if timeline.wall_s else float("nan"),
-            "ttft_mean_ms": statistics.fmean(ttft) if ttft else float("nan"),
-            "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
-            "itl_p50_ms": percentile(gaps, 50), "itl_p99_ms": percentile(gaps, 99),
-            "step_ms_mean": statistics.fmean(timeline.step_s) * 1e3 if timeline.step_s else float("nan"),
+            "wall_s": wall, "tokens_per_s": useful / wall if wall else float("nan"),
+            "ttft_mean_ms": float(np.mean(ttft)) if ttft else float("nan"),
+            "ttft_p50_ms": _pct(ttft, 50), "ttft_p99_ms": _pct(ttft, 99),
+            "tpot_p50_ms": _pct(tpot, 50), "tpot_p99_ms": _pct(tpot, 99),
+            "itl_p50_ms": _pct(gaps, 50), "itl_p99_ms": _pct(gaps, 99),
+            "step_ms_mean": float(np.mean(timeline.step_s)) * 1e3 if timeline.step_s else float("nan"),
             "cpu_s": timeline.cpu_s, "tokens_per_cpu_s": useful / timeline.cpu_s if timeline.cpu_s else float("nan")}
 
 
-def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> Timeline:
-    """Part I's batched generate, max_num_seqs requests at a time in arrival order, greedy, no EOS.
+def _wait_until(start: float, t: float) -> None:
+    """Sleep until `t` seconds after `start` (an idle server waiting for its next request)."""
+    delay = start + t - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def static_batching(model, requests: list[Request], max_num_seqs: int = 16, arrivals=None) -> Timeline:
+    """Part I's batched generate: when idle, up to max_num_seqs ARRIVED requests in arrival order, greedy, no EOS.
 
     A batch runs until its longest request ends: every row is fed a token each step, the rows that are
-    already done make tokens nobody asked for (dropped here, but paid for). Shapes: each batch (B, T) left-padded.
-    Introduced in notebooks/11_continuous_batching.ipynb.
+    already done make tokens nobody asked for (dropped here, but paid for), and a request that arrives meanwhile
+    waits for the batch to drain. arrivals: seconds from the start (None: all at 0).
+    Shapes: each batch (B, T) left-padded. Introduced in notebooks/11_continuous_batching.ipynb.
     """
-    if isinstance(max_num_seqs, bool) or not isinstance(max_num_seqs, int) or max_num_seqs < 1:
-        raise ValueError(f"max_num_seqs={max_num_seqs!r}: must be an int >= 1")
-    generator, timeline = AutoregressiveGenerator(model), Timeline.empty(len(requests))
+    check_positive_int("max_num_seqs", max_num_seqs)
+    generator, timeline = AutoregressiveGenerator(model), Timeline.empty(len(requests), arrivals)
     start = last = time.perf_counter()
-    cpu = time.process_time()
-    for first in range(0, len(requests), max_num_seqs):
-        batch = list(range(first, min(first + max_num_seqs, len(requests))))
+    cpu, first = time.process_time(), 0
+    while first < len(requests):
+        _wait_until(start, timeline.arrivals[first])  # idle: the next batch starts with the next arrival
+        now = time.perf_counter() - start
+        batch = [r for r in range(first, min(first + max_num_seqs, len(requests))) if timeline.arrivals[r] <= now]
+        first += len(batch)
         wanted = [requests[r].max_new_tokens for r in batch]
         prompts = [list(requests[r].prompt) for r in batch]
         for step, ids in enumerate(generator.stream(prompts, max(wanted))):
@@ -103,17 +130,23 @@ def static_batching(model, requests: list[Request], max_num_seqs: int = 16) -> T
     return timeline
 
 
-def continuous_batching(engine, requests: list[Request]) -> Timeline:
+def continuous_batching(engine, requests: list[Request], arrivals=None) -> Timeline:
     """Serve the requests with a continuous-batching engine (add_request / step / has_unfinished), greedy.
 
-    All requests are added at t = 0; each step()'s outputs are timed as they return.
+    Before each step, every request that has arrived joins (arrivals: seconds from the start, None: all at 0);
+    an idle engine waits for the next arrival. Each step()'s outputs are timed as they return.
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
-    timeline = Timeline.empty(len(requests))
+    timeline = Timeline.empty(len(requests), arrivals)
     start = last = time.perf_counter()
-    cpu = time.process_time()
-    index = {engine.add_request(list(r.prompt), r.max_new_tokens): i for i, r in enumerate(requests)}
-    while engine.has_unfinished():
+    cpu, index, nxt = time.process_time(), {}, 0
+    while nxt < len(requests) or engine.has_unfinished():
+        if not engine.has_unfinished():
+            _wait_until(start, timeline.arrivals[nxt])
+        now = time.perf_counter() - start
+        while nxt < len(requests) and timeline.arrivals[nxt] <= now:  # arrivals join between steps
+            index[engine.add_request(list(requests[nxt].prompt), requests[nxt].max_new_tokens)] = nxt
+            nxt += 1
         outs = engine.step()
         now = time.perf_counter()
         timeline.step_s.append(now - last)

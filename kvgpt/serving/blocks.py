@@ -68,6 +68,7 @@ class BlockAllocator:
         check_allocation(f"BlockAllocator(num_blocks={num_blocks})", num_blocks * BOOKKEEPING_BYTES, None)
         self.ref_counts = [0] * self.num_blocks
         self.holders: dict[int, list] = {}  # block in use -> the owner of each reference (None: untagged)
+        self.revoked: set = set()  # owners that lost a reference to an untagged free (PagedKVCache checks only these)
         self.free_ids: deque[int] = deque(range(self.num_blocks))  # refcount 0, no hash
         self.cached: OrderedDict[int, None] = OrderedDict()  # refcount 0 with a hash, oldest first
         self.hash_of: dict[int, int] = {}  # block -> its hash, for registered (full) blocks
@@ -119,7 +120,10 @@ class BlockAllocator:
         if owner not in holders and owner is not None:
             raise ValueError(f"owner={owner!r} holds no reference to block {block} (held by {holders}): "
                              "freeing it would take the block from under its holders")
-        holders.remove(owner if owner in holders else holders[-1])
+        taken = owner if owner in holders else holders[-1]
+        holders.remove(taken)
+        if taken is not None and taken != owner:  # a reference taken from under its holder: its next use must raise
+            self.revoked.add(taken)
         self.ref_counts[block] -= 1
         if self.ref_counts[block] == 0:
             del self.holders[block]

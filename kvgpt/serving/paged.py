@@ -83,9 +83,11 @@ class PagedKVCache:
     def _lost(self, seq_id) -> list[int]:
         """Blocks of seq_id's table it holds no reference for (freed behind its back; one may even have come back
         to it, then it appears twice in its table but is held once)."""
+        if seq_id not in self.allocator.revoked:  # nothing was ever taken from it: no loop over its blocks per step
+            return []
         table, holders = self.tables[seq_id], self.allocator.holders
         if all(seq_id in holders.get(b, ()) for b in table) and len(set(table)) == len(table):
-            return []  # the common case, on every engine step
+            return []
         return [b for b, n in Counter(table).items() if holders.get(b, []).count(seq_id) < n]
 
     def _end(self, end) -> int:
@@ -151,6 +153,7 @@ class PagedKVCache:
         for block in reversed(self.tables.pop(seq_id)):
             self.allocator.free(block, seq_id)
         del self.lengths[seq_id], self.hashes[seq_id]
+        self.allocator.revoked.discard(seq_id)  # a later sequence of this id starts with nothing taken
 
     def release(self, seq_id) -> None:
         """Forget seq_id's table (if any), returning only the references it still holds: the cleanup after a failed
@@ -159,6 +162,7 @@ class PagedKVCache:
             if self.allocator.holds(seq_id, block):
                 self.allocator.free(block, seq_id)
         self.lengths.pop(seq_id, None), self.hashes.pop(seq_id, None)
+        self.allocator.revoked.discard(seq_id)
 
     def crop(self, seq_id: int, length: int) -> None:
         """Roll seq_id back to its first `length` slots (speculative decoding's rollback): blocks past them are

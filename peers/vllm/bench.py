@@ -32,16 +32,25 @@ THREADS = _threads_first(sys.argv)
 import _common as c  # noqa: E402
 
 
-def vllm_timeline(llm, requests):
-    """Serve the requests through vLLM's engine step loop -> kvgpt Timeline (token ids and arrival times)."""
-    from kvgpt.benchmark.serving import Timeline
+def vllm_timeline(llm, requests, arrivals=None):
+    """Serve the requests through vLLM's engine step loop -> kvgpt Timeline (token ids and arrival times).
 
-    engine, timeline = llm.llm_engine, Timeline.empty(len(requests))
-    cpu = cpu_seconds()
+    arrivals (seconds from the start, None: all at 0): before each step every request that has arrived is added,
+    and an idle engine waits for the next one -- kvgpt.benchmark.serving.continuous_batching's loop.
+    """
+    from kvgpt.benchmark.serving import Timeline, _wait_until
+
+    engine, timeline = llm.llm_engine, Timeline.empty(len(requests), arrivals)
+    cpu, nxt = cpu_seconds(), 0
     start = last = time.perf_counter()
-    for i, r in enumerate(requests):
-        engine.add_request(str(i), {"prompt_token_ids": list(r.prompt)}, c.params(r.max_new_tokens))
-    while engine.has_unfinished_requests():
+    while nxt < len(requests) or engine.has_unfinished_requests():
+        if not engine.has_unfinished_requests():
+            _wait_until(start, timeline.arrivals[nxt])
+        now = time.perf_counter() - start
+        while nxt < len(requests) and timeline.arrivals[nxt] <= now:
+            r = requests[nxt]
+            engine.add_request(str(nxt), {"prompt_token_ids": list(r.prompt)}, c.params(r.max_new_tokens))
+            nxt += 1
         outs = engine.step()
         now = time.perf_counter()
         got = []
@@ -74,7 +83,8 @@ def cpu_seconds() -> float:
 
 
 def bench_model(name: str, mode: str) -> dict:
-    from kvgpt.benchmark.serving import summarize
+    from kvgpt.benchmark.serve_online import ONLINE_RATES, ONLINE_SEED
+    from kvgpt.benchmark.serving import poisson_arrivals, summarize
     from kvgpt.benchmark.workload import serve_workload
 
     model = c.build(name)
@@ -86,12 +96,16 @@ def bench_model(name: str, mode: str) -> dict:
         startup = time.perf_counter() - started
         vllm_timeline(llm, requests[: c.ENGINE_ARGS["max_num_seqs"]])  # warm-up
         timeline = vllm_timeline(llm, requests)
+        online = {}
+        for rate in ONLINE_RATES[mode][name]:  # the same seeded Poisson arrivals as kvgpt's online sweep
+            tl = vllm_timeline(llm, requests, poisson_arrivals(len(requests), rate, ONLINE_SEED))
+            online[str(rate)] = {"summary": summarize(tl), "tokens": tl.tokens}
         del llm
     summary = summarize(timeline)
     print(f"vllm {name}: {summary['useful_tokens']} tokens in {summary['wall_s']:.2f} s = "
           f"{summary['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
     return {"summary": summary, "startup_s": round(startup, 1), "tokens": timeline.tokens,
-            "steps": timeline.steps, "step_s": timeline.step_s}
+            "steps": timeline.steps, "step_s": timeline.step_s, "online": online, "threads": THREADS}
 
 
 def bench_prefix(mode: str) -> dict:
@@ -127,6 +141,10 @@ def main(argv=None) -> int:
     out = c.Path(args.out) if args.out else c.FIGURES / ("serve_quick_vllm.json" if args.quick else "serve_vllm.json")
     started = time.perf_counter()
     results = {"mode": mode, "threads": args.threads, "models": {n: bench_model(n, mode) for n in args.models}}
+    old = c.json.loads(out.read_text()) if out.is_file() else {}
+    if old.get("mode") == mode:  # another run's models (e.g. at another thread count) are kept beside these
+        results["models"] = {**old.get("models", {}), **results["models"]}
+        results.setdefault("prefix", old.get("prefix"))
     if not args.no_prefix:
         results["prefix"] = bench_prefix(mode)
     results.update(versions=c.versions(), load_average_1m_at_end=round(os.getloadavg()[0], 2),
