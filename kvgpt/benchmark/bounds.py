@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 
 import pandas as pd
 import torch
@@ -21,6 +20,7 @@ from torch.nn import functional as F
 
 from .engines import random_prompts
 from .memory import decode_floor_ms
+from .timing import repeat_ms
 
 
 def matmul_time_ms(model, rows: int, head_rows: int, repeats: int = 3, seed: int = 0) -> tuple[float, float]:
@@ -34,14 +34,9 @@ def matmul_time_ms(model, rows: int, head_rows: int, repeats: int = 3, seed: int
     inputs = {m: torch.randn(head_rows if m is model.lm_head else rows, m.in_features, generator=gen)
               for m in linears}
     flops = sum(2 * x.size(0) * m.in_features * m.out_features for m, x in inputs.items())
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first pass is a warm-up
-            start = time.perf_counter()
-            for m, x in inputs.items():
-                F.linear(x, m.weight, m.bias)
-            best = min(best, time.perf_counter() - start)
-    return best * 1e3, flops / best / 1e9
+    with torch.inference_mode():  # one extra pass: the first is a warm-up, and min ignores it
+        best = repeat_ms(lambda: [F.linear(x, m.weight, m.bias) for m, x in inputs.items()], repeats + 1, min)
+    return best, flops / (best / 1e3) / 1e9
 
 
 def ops_per_step(engine, vocab_size: int, prompt_len: int = 16, short: int = 9, long: int = 25) -> float:

@@ -9,13 +9,13 @@ Introduced in notebooks/08_benchmarks.ipynb.
 from __future__ import annotations
 
 import statistics
-import time
 
 import pandas as pd
 import torch
 
 from ..cache_manager import KVCacheManager
 from .engines import Engine, check_identical, random_prompts
+from .timing import call_ms, interleaved_ms, repeat_ms
 
 
 class LatencyBenchmark:
@@ -67,15 +67,6 @@ class LatencyBenchmark:
             self.progress(text.strip())
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def step_latency(model, positions, batch_size: int = 1, steps: int = 4, repeats: int = 3,
                  seed: int = 0) -> pd.DataFrame:
     """Milliseconds for the step that makes the sequence `position` tokens long, with and without a cache.
@@ -96,13 +87,9 @@ def step_latency(model, positions, batch_size: int = 1, steps: int = 4, repeats:
             for kind in ("static", "dynamic"):
                 cache = KVCacheManager(cfg, batch_size, kind)
                 model.prefill(ids[:, : p - steps], cache, last_only=True)
-                times = []
-                for slot in range(p - steps, p):
-                    start = time.perf_counter()
-                    model.forward_step(ids[:, slot], slot, cache)
-                    times.append((time.perf_counter() - start) * 1e3)
+                times = [call_ms(lambda s=slot: model.forward_step(ids[:, s], s, cache)) for slot in range(p - steps, p)]
                 rows.append({"position": p, "engine": f"kvgpt {kind}", "ms": statistics.median(times)})
-            ms = _median_ms(lambda ids=ids: model(ids, last_only=True), repeats)
+            ms = repeat_ms(lambda ids=ids: model(ids, last_only=True), repeats)
             rows.append({"position": p, "engine": "kvgpt no cache", "ms": ms})
     return pd.DataFrame(rows).assign(batch_size=batch_size)
 
@@ -132,9 +119,6 @@ def prefill_latency(model, hf, prompt_len: int, batch_size: int = 1, repeats: in
                 "hf forward (all positions)": lambda: hf_forward(hf, ids)[:, -1]}
     firsts = {name: fn().argmax(-1)[:, None] for name, fn in variants.items()}  # warm-up and token check
     check_identical(firsts, f"prefill of {prompt_len} tokens")
-    times: dict[str, list] = {name: [] for name in variants}
-    for _ in range(repeats):  # round-robin, so background load hits every variant alike
-        for name, fn in variants.items():
-            times[name].append(_median_ms(fn, 1))
-    rows = [{"engine": name, "ms": statistics.median(ts)} for name, ts in times.items()]
+    times = interleaved_ms(variants, repeats)  # round-robin, so background load hits every variant alike
+    rows = [{"engine": name, "ms": ms} for name, ms in times.items()]
     return pd.DataFrame(rows).assign(prompt_len=prompt_len, batch_size=batch_size)

@@ -10,13 +10,13 @@ Introduced in notebooks/08_benchmarks.ipynb.
 from __future__ import annotations
 
 import sys
-import time
 
 import pandas as pd
 import torch
 
 from ..cache_manager import KVCacheManager
 from .engines import random_prompts
+from .timing import repeat_ms
 
 
 def kv_formula_bytes(config, batch_size: int, positions: int, dtype: torch.dtype = torch.float32) -> int:
@@ -91,14 +91,9 @@ def measure_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
     width = 1024
     data = torch.ones(max(nbytes // 4 // width, 1) * width)  # written once here: every page resident
     rows, cols, vec = data.view(-1, width), data.view(width, -1), torch.ones(width)
-    best = float("inf")
     with torch.inference_mode():
-        for read in (data.sum, lambda: torch.mv(rows, vec), lambda: vec @ cols):
-            for _ in range(repeats):
-                start = time.perf_counter()
-                read()
-                best = min(best, time.perf_counter() - start)
-    return data.nbytes / best
+        best = min(repeat_ms(read, repeats, min) for read in (data.sum, lambda: torch.mv(rows, vec), lambda: vec @ cols))
+    return data.nbytes / (best / 1e3)
 
 
 def decode_floor_ms(model, position: float, bandwidth: float, batch_size: int = 1) -> float:

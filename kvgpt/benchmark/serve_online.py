@@ -6,14 +6,12 @@ Introduced in notebooks/11_continuous_batching.ipynb.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pandas as pd
 import torch
 
 from ..cache_manager import KVCacheManager
 from .serving import continuous_batching, poisson_arrivals, static_batching, summarize
+from .timing import interleaved_ms
 
 INF = float("inf")
 # request rates (requests/s) per model, around each engine's capacity on a 2-core CPU; inf = all at t = 0
@@ -46,22 +44,18 @@ def online_sweep(name: str, model, requests, mode: str, make_engine, max_num_seq
     return pd.DataFrame(rows)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def decode_step_cost(model, rows: int = 16, past: int = 100, repeats: int = 7, block_size: int = 16) -> dict:
     """One decode step of `rows` sequences with `past` cached tokens each, timed side by side (median of `repeats`,
     interleaved): Part I's static cache (forward_step), the paged flat step reading the pool in place ("auto"
     kernel) and the same step with the gather-then-SDPA reference kernel; plus the bytes of K/V each one moves
     besides reading the cache (the gather copies every visible key and value; in place, only the new ones are
-    written). Introduced in notebooks/11_continuous_batching.ipynb.
+    written; past is cut to block_size - 1 for a model with a shorter context).
+    Introduced in notebooks/11_continuous_batching.ipynb.
     """
     from ..serving import PagedKVCache
 
     cfg, g = model.config, torch.Generator().manual_seed(0)
+    past = min(past, cfg.block_size - 1)  # a small test model's context bounds it
     prompts = torch.randint(0, cfg.vocab_size, (rows, past), generator=g)  # (B, P)
     nxt = torch.randint(0, cfg.vocab_size, (rows,), generator=g)  # (B,)
     static = KVCacheManager(cfg, rows, "static", capacity=past + 1)
@@ -82,12 +76,8 @@ def decode_step_cost(model, rows: int = 16, past: int = 100, repeats: int = 7, b
                 return model.forward_step(nxt, past, static)
             return model.prefill(nxt[None], paged.batch(list(range(rows)), [1] * rows, kind), last_only=True)
 
-    times = {"static": [], "auto": [], "gather": []}
-    for _ in range(repeats):
-        for kind in times:
-            times[kind].append(_timed(lambda k=kind: step(k)))
+    med = interleaved_ms({kind: (lambda k=kind: step(k)) for kind in ("static", "auto", "gather")}, repeats)
     per_slot = 2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * next(model.parameters()).element_size()  # K and V
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"rows": rows, "past": past, "static_ms": med["static"], "paged_ms": med["auto"],
             "gather_ms": med["gather"], "paged_over_static": med["auto"] / med["static"],
             "gather_over_static": med["gather"] / med["static"],
