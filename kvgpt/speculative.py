@@ -54,6 +54,46 @@ def verify_drafts(p: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor,
     return n, torch.multinomial(residual.cpu(), 1, generator=generator)[:, 0].to(p.device)
 
 
+
+def expected_tokens_per_pass(alpha: float, k: int) -> float:
+    """E[tokens per target pass] = (1 - alpha^(k+1)) / (1 - alpha), alpha = per-token acceptance (Leviathan eq. 1).
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def chained_tokens_per_pass(rates) -> float:
+    """Tokens per pass from per-position acceptance rates a_1 .. a_k (a_i = P(accept draft i | 1 .. i-1 accepted)):
+    1 + a_1 + a_1 a_2 + ... + a_1 ... a_k. Equal to expected_tokens_per_pass(a, k) when every a_i = a.
+
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    total, reach = 1.0, 1.0
+    for a in rates:
+        reach *= a
+        total += reach
+    return total
+
+
+def break_even_alpha(k: int, cost: float) -> float:
+    """The acceptance rate at which speculation pays exactly: expected_tokens_per_pass(alpha, k) = cost.
+
+    `cost` is one round's time in units of one plain decode step (k draft passes + the verify pass).
+    Solved by bisection (the left side grows with alpha); 0 if even alpha = 0 pays, 1 if nothing does.
+    Introduced in notebooks/13_speculative_decoding.ipynb.
+    """
+    if cost <= 1:
+        return 0.0
+    if cost >= k + 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens_per_pass(mid, k) < cost else (lo, mid)
+    return (lo + hi) / 2
+
+
 @dataclass
 class SpeculativeStats:
     """Counts and times of the last SpeculativeGenerator call (time.perf_counter, milliseconds).

@@ -135,7 +135,7 @@ def _chapter_figures():
     steps = [list(range(16 - s // 3)) for s in range(40)]
     return {
         "plot_serving": lambda: serving.plot_serving(throughput),
-        "plot_kv_memory": lambda: serving.plot_kv_memory(memory[memory.model == memory.model.iloc[0]]),
+        "plot_layout_memory": lambda: serving.plot_layout_memory(memory[memory.model == memory.model.iloc[0]]),
         "plot_row_gantt": lambda: serving.plot_row_gantt(steps, 16, wasted=[[15]] * 40, title="static batching"),
         "plot_acceptance": lambda: speculative.plot_acceptance(label(sweep), label(positions)),
         "plot_speedup": lambda: speculative.plot_speedup(sweep[sweep["mode"] == "greedy"], note="a CPU, 1 thread"),
@@ -150,7 +150,7 @@ def _chapter_figures():
     }
 
 
-CHAPTER_FIGURES = ["plot_serving", "plot_kv_memory", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
+CHAPTER_FIGURES = ["plot_serving", "plot_layout_memory", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
                    "plot_kv_spread", "plot_head_sharing", "plot_peers", "plot_logit_gap"]
 
 

@@ -10,8 +10,8 @@ from helpers import cached_model
 from matplotlib.figure import Figure
 
 from kvgpt.benchmark.speculative import chi_square, position_counts, speculative_sweep
-from kvgpt.plots.speculative import (break_even_alpha, chained_tokens_per_pass, expected_tokens_per_pass,
-                                     plot_acceptance, plot_rounds, plot_speedup)
+from kvgpt.plots.speculative import plot_acceptance, plot_rounds, plot_speedup
+from kvgpt.speculative import break_even_alpha, chained_tokens_per_pass, expected_tokens_per_pass
 
 
 def test_expected_tokens_per_pass_is_the_geometric_sum():

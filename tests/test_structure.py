@@ -95,3 +95,18 @@ def test_the_chapter_map_covers_every_chapter_and_every_back_reference_exists():
             refs[ref].append(path.name)
     dangling = {r: files for r, files in refs.items() if r not in chapters}
     assert not dangling, f"'Introduced in' notebooks that do not exist: {dangling}"
+
+
+def test_one_name_one_meaning():
+    """No top-level name is defined in two package modules (two meanings under one name), except each command
+    module's `main` and benchmark/__init__'s lazy door to suite.run_suite (the same function)."""
+    allowed = {"main", "run_suite"}
+    defs = defaultdict(list)
+    for path in PKG.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defs[node.name].append(path.name)
+            elif isinstance(node, ast.Assign):
+                defs.update({t.id: defs[t.id] + [path.name] for t in node.targets if isinstance(t, ast.Name)})
+    twice = {name: files for name, files in defs.items() if len(files) > 1 and name not in allowed | {"__all__"}}
+    assert not twice, f"names defined in two modules: {twice}"

@@ -20,7 +20,7 @@ from ..attention import SDPA_GQA
 from ..flex_paged import flex_paged_attention, flex_unsupported_reason, paged_block_mask
 from ..paged_attention import paged_attention, paged_metadata
 
-MODELS = {"embedded": (4, 32, 4), "embedded-gqa": (4, 32, 2), "gpt2-small": (12, 64, 12)}  # (H, D, Hkv)
+KERNEL_SHAPES = {"embedded": (4, 32, 4), "embedded-gqa": (4, 32, 2), "gpt2-small": (12, 64, 12)}  # (H, D, Hkv)
 VARIANTS = ("static", "gather", "blockwise", "cpp", "flex")
 
 
@@ -39,13 +39,13 @@ class Case:
 def case_grid(quick: bool = False) -> list[Case]:
     """The measured grid: every model, 1..32 rows, pasts 16..1000, decode and mixed (a 128-token chunk)."""
     rows, pasts = ((1, 16), (128, 1000)) if quick else ((1, 4, 16, 32), (16, 128, 1000))
-    cases = [Case(m, r, p, c) for m in MODELS for r in rows for p in pasts for c in (0, 128)]
-    return cases + [Case(m, r, 1000, c, ragged=True) for m in MODELS for r in (16, 32) if not quick for c in (0, 128)]
+    cases = [Case(m, r, p, c) for m in KERNEL_SHAPES for r in rows for p in pasts for c in (0, 128)]
+    return cases + [Case(m, r, 1000, c, ragged=True) for m in KERNEL_SHAPES for r in (16, 32) if not quick for c in (0, 128)]
 
 
 def make_inputs(case: Case, seed: int = 0) -> dict:
     """Random pools, scattered block tables and queries for `case`, plus the contiguous caches of the same rows."""
-    h, d, hkv = MODELS[case.model]
+    h, d, hkv = KERNEL_SHAPES[case.model]
     g = torch.Generator().manual_seed(seed)
     pasts = (torch.randint(16, case.past + 1, (case.rows,), generator=g).tolist() if case.ragged
              else [case.past] * case.rows)
@@ -174,7 +174,7 @@ def _measure(case: Case, threads: int, variants, repeats: int, min_s: float) -> 
         names = list(calls)
         for name in names[r % len(names):] + names[:r % len(names)]:  # a different variant goes first each round
             best[name] = min(best[name], _time(calls[name], min_s))
-    h, d, hkv = MODELS[case.model]
+    h, d, hkv = KERNEL_SHAPES[case.model]
     return [{**asdict(case), "heads": h, "head_dim": d, "kv_heads": hkv, "threads": threads, "variant": name,
              "us_per_call": best[name] * 1e6, "x_static": best[name] / best["static"] if "static" in best else None,
              "bytes_moved": bytes_moved(name, inputs), "max_abs_diff": diffs[name],

@@ -18,11 +18,11 @@ import torch
 
 from .memory import cuda_peak_bytes, peak_rss_bytes
 
-ENGINE = "kvgpt static"  # kvgpt's serving path: the one the targets are about
+TARGET_ENGINE = "kvgpt static"  # kvgpt's serving path: the one the targets are about
 PEER = "hf dynamic"  # transformers' default generate (use_cache=True)
 
 
-def targets(results: dict) -> pd.DataFrame:
+def bench_targets(results: dict) -> pd.DataFrame:
     """Each target as (target, condition, measured, required, met, best_possible, bounded_by); rows only for
     models that ran. best_possible is the ratio this machine allows at most under the named limit (NaN: no
     hard limit), computed from the suite's own measurements (the "limits" table).
@@ -47,7 +47,7 @@ def targets(results: dict) -> pd.DataFrame:
         if not len(d):
             continue
         cond, floor = f"{name}, B=1, N={d.new_tokens.iloc[0]}, prompt {d.prompt_len.iloc[0]}", d.floor_ms.iloc[0]
-        ops, mm = limit(name, f"ops per decode step, {ENGINE}"), limit(name, "matmul ms, decode B=1")
+        ops, mm = limit(name, f"ops per decode step, {TARGET_ENGINE}"), limit(name, "matmul ms, decode B=1")
         for peer in (PEER, "hf static"):
             peer_ms, peer_ops = d.decode_ms_per_token[peer], limit(name, f"ops per decode step, {peer}")
             if name == "gpt2-small":  # the step's matmuls stream every weight: they cannot beat the floor
@@ -55,17 +55,17 @@ def targets(results: dict) -> pd.DataFrame:
                        f"vs {peer} {peer_ms:.2f} ms per whole step")
                 best = peer_ms / max(mm, floor)
             else:  # a 3 MB model lives in the CPU caches: framework time per op is the cost, not bytes
-                per_op = d.decode_ms_per_token[ENGINE] / ops * 1e3
+                per_op = d.decode_ms_per_token[TARGET_ENGINE] / ops * 1e3
                 why = (f"op dispatch: {ops:.0f} ATen ops/step x {per_op:.1f} us vs {peer} {peer_ops:.0f} ops; "
                        f"{required:g}x needs <= {peer_ms * 1e3 / required / per_op:.0f} ops/step")
                 best = float("nan")
-            add(f"{name}: decode tokens/s, {ENGINE} / {peer}", cond,
-                d.decode_tokens_per_s[ENGINE] / d.decode_tokens_per_s[peer], required, ">=", best, why)
+            add(f"{name}: decode tokens/s, {TARGET_ENGINE} / {peer}", cond,
+                d.decode_tokens_per_s[TARGET_ENGINE] / d.decode_tokens_per_s[peer], required, ">=", best, why)
         if name == "gpt2-small":
-            add("gpt2-small: decode ms/token / bandwidth floor", cond, d.x_floor[ENGINE], 1.25, "<=",
+            add("gpt2-small: decode ms/token / bandwidth floor", cond, d.x_floor[TARGET_ENGINE], 1.25, "<=",
                 max(mm, floor) / floor,
                 f"memory bandwidth: floor {floor:.2f} ms/token; the step's matmuls alone take {mm:.2f} ms, the "
-                f"rest of its {ops:.0f} ATen ops {d.decode_ms_per_token[ENGINE] - mm:.2f} ms")
+                f"rest of its {ops:.0f} ATen ops {d.decode_ms_per_token[TARGET_ENGINE] - mm:.2f} ms")
     _gpt2_targets(results, add, limit)
     mem = results["memory"]
     static = mem[mem.kind == "static"]
@@ -84,10 +84,10 @@ def _gpt2_targets(results: dict, add, limit) -> None:
         s = steps[steps.position == p].set_index("engine").ms
         floor = limit("gpt2-small", f"bandwidth floor ms, decode at position {p}")
         add("gpt2-small: one step, no cache / static cache", f"sequence of {p} tokens, B=1",
-            s["kvgpt no cache"] / s[ENGINE], 50, ">=", s["kvgpt no cache"] / floor,
+            s["kvgpt no cache"] / s[TARGET_ENGINE], 50, ">=", s["kvgpt no cache"] / floor,
             f"memory bandwidth: even a cached step at the floor ({floor:.2f} ms) vs the uncached "
             f"{s['kvgpt no cache']:.0f} ms")
-    batch = results["batch"][(results["batch"].model == "gpt2-small") & (results["batch"].engine == ENGINE)]
+    batch = results["batch"][(results["batch"].model == "gpt2-small") & (results["batch"].engine == TARGET_ENGINE)]
     if len(batch):
         big, by = batch.batch_size.max(), batch.set_index("batch_size")
         mm = limit("gpt2-small", f"matmul ms, decode B={big}")

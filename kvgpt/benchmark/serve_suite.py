@@ -103,7 +103,7 @@ def serve_prefix(model, quick: bool, peer: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def targets(results: dict) -> pd.DataFrame:
+def serve_targets(results: dict) -> pd.DataFrame:
     """The issue's goals as measured ratios, each with what bounds it (measured in the same run)."""
     rows, tp, oh = [], results["throughput"], results["overhead"].set_index("model")
     for name in tp.model.unique():
@@ -188,7 +188,7 @@ def run_serve_bench(quick: bool = True, models=MODELS, threads: int | None = 1, 
             progress and progress(f"serve-bench {time.perf_counter() - started:6.1f}s: prefix caching")
             torch.set_num_threads(threads or 1)
             results["prefix"] = serve_prefix(build_model("shakespeare-char")[0], quick, (peer or {}).get("prefix"))
-        results["targets"] = targets(results)
+        results["targets"] = serve_targets(results)
         results["meta"] = _meta(quick, notes, started, peer)
         return results
     finally:

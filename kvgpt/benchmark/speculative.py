@@ -28,8 +28,7 @@ import pandas as pd
 import torch
 
 from ..generation import AutoregressiveGenerator
-from ..plots.speculative import break_even_alpha, expected_tokens_per_pass
-from ..speculative import SpeculativeGenerator
+from ..speculative import SpeculativeGenerator, break_even_alpha, expected_tokens_per_pass
 
 
 def position_counts(rounds: list[dict]) -> tuple[list[int], list[int]]:

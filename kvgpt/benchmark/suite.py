@@ -25,7 +25,7 @@ from .engines import kvgpt_engines
 from .latency import prefill_latency, step_latency
 from .memory import decode_floor_ms, kv_formula_bytes, kv_memory_profile, measure_bandwidth, weight_bytes
 from .peers import hf_engines, hf_model
-from .report import metadata, targets, write_results
+from .report import bench_targets, metadata, write_results
 from .throughput import ThroughputBenchmark, new_tokens_sweep
 
 GPT2_SMALL = ModelConfig(vocab_size=50257, n_layers=12, n_heads=12, d_model=768, block_size=1024)
@@ -91,7 +91,7 @@ def run_suite(quick: bool = True, models=("shakespeare-char", "gpt2-small"), thr
                 parts[key].append(df.assign(model=name))
             del model
         results = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
-        results["targets"] = targets(results)
+        results["targets"] = bench_targets(results)
         results["meta"] = metadata(quick, bandwidth, notes, time.perf_counter() - started)
         return results
     finally:

@@ -21,7 +21,7 @@ class Request:
     max_new_tokens: int
 
 
-def _check_range(name: str, value) -> tuple[int, int]:
+def _check_length_range(name: str, value) -> tuple[int, int]:
     if (not isinstance(value, tuple) or len(value) != 2
             or any(isinstance(v, bool) or not isinstance(v, Integral) for v in value) or not 1 <= value[0] <= value[1]):
         raise ValueError(f"{name}={value!r}: must be a tuple (low, high) of ints with 1 <= low <= high")
@@ -38,7 +38,7 @@ def ragged_workload(n_requests: int, vocab_size: int, block_size: int, prompt_le
     """
     for name, value in (("n_requests", n_requests), ("vocab_size", vocab_size), ("block_size", block_size)):
         check_positive_int(name, value)
-    (p_lo, p_hi), (o_lo, o_hi) = _check_range("prompt_lengths", prompt_lengths), _check_range("output_lengths", output_lengths)
+    (p_lo, p_hi), (o_lo, o_hi) = _check_length_range("prompt_lengths", prompt_lengths), _check_length_range("output_lengths", output_lengths)
     if p_hi >= block_size:
         raise ValueError(f"prompt_lengths={prompt_lengths!r}: the longest prompt must leave room for one new token "
                          f"in block_size={block_size}")

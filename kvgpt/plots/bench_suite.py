@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..plots.style import plain_log_ticks
+from .style import bare_figure, plain_log_ticks
 
-COLORS = {"kvgpt no cache": "#bbbbbb", "kvgpt dynamic": "#6baed6", "kvgpt static": "#08519c",
+BENCH_COLORS = {"kvgpt no cache": "#bbbbbb", "kvgpt dynamic": "#6baed6", "kvgpt static": "#08519c",
           "hf no cache": "#fdd0a2", "hf dynamic": "#fd8d3c", "hf static": "#a63603"}
-
-
-def _figure(ncols: int):
-    # a bare Figure renders with Agg on savefig and never touches pyplot's backend (a notebook keeps inline)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5 * ncols, 3.8))
-    axes = fig.subplots(1, ncols, squeeze=False)
-    return fig, list(axes[0])
 
 
 def _save(fig, path: Path) -> Path:
@@ -33,10 +24,10 @@ def _save(fig, path: Path) -> Path:
 def plot_decode(decode: pd.DataFrame):
     """Batch-1 decode ms/token of each engine (log scale), with the memory-bandwidth floor."""
     models = list(dict.fromkeys(decode.model))
-    fig, axes = _figure(len(models))
+    fig, axes = bare_figure(len(models))
     for ax, name in zip(axes, models):
         d = decode[decode.model == name]
-        ax.barh(d.engine, d.decode_ms_per_token, color=[COLORS.get(e, "gray") for e in d.engine])
+        ax.barh(d.engine, d.decode_ms_per_token, color=[BENCH_COLORS.get(e, "gray") for e in d.engine])
         ax.axvline(d.floor_ms.iloc[0], color="k", ls="--", lw=1)  # labelled in the title: a legend would cover bars
         ax.set(xscale="log", xlabel="ms per generated token (lower is better)")
         ax.set_title(f"{name}: batch 1, {d.new_tokens.iloc[0]} new tokens\n"
@@ -51,10 +42,10 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     models = list(dict.fromkeys(df.model))
-    fig, axes = _figure(len(models))
+    fig, axes = bare_figure(len(models))
     for ax, name in zip(axes, models):
         for engine, d in df[df.model == name].groupby("engine", sort=False):
-            ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
+            ax.plot(d[x], d[y], marker="o", label=engine, color=BENCH_COLORS.get(engine))
         ax.set(xscale="log", yscale="log" if logy else "linear", xlabel=xlabel, ylabel=ylabel, title=f"{name}: {title}")
         ax.set_xticks(sorted(set(df[df.model == name][x])))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # the measured x values
@@ -69,10 +60,10 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title
 def plot_memory(memory: pd.DataFrame):
     """KV-cache bytes as the sequence grows: static (allocated once) vs dynamic (grows), with the formula."""
     models = list(dict.fromkeys(memory.model))
-    fig, axes = _figure(len(models))
+    fig, axes = bare_figure(len(models))
     for ax, name in zip(axes, models):
         for kind, d in memory[memory.model == name].groupby("kind", sort=False):
-            color = COLORS[f"kvgpt {kind}"]
+            color = BENCH_COLORS[f"kvgpt {kind}"]
             ax.plot(d.slots, d.measured_bytes / 2**10, marker="o", ms=3, color=color, label=f"{kind}: measured")
             ax.plot(d.slots, d.formula_bytes / 2**10, ls="--", color="k", lw=0.8)
         ax.set(xlabel="positions in the cache", ylabel="KiB", title=f"{name}: KV cache, B={d.batch_size.iloc[0]}")

@@ -12,10 +12,10 @@ def _engine_lines(ax, df, x: str, y: str) -> None:
     """One line per engine of a benchmark table, in kvgpt.benchmark's engine colours."""
     from matplotlib.ticker import NullLocator
 
-    from .bench_suite import COLORS
+    from .bench_suite import BENCH_COLORS
 
     for engine, d in df.groupby("engine", sort=False):
-        _ = ax.plot(d[x], d[y], marker="o", label=engine, color=COLORS.get(engine))
+        _ = ax.plot(d[x], d[y], marker="o", label=engine, color=BENCH_COLORS.get(engine))
 
     ticks = sorted(df[x].unique())
     ax.set(xscale="log", yscale="log", xticks=ticks, xticklabels=[str(t) for t in ticks])
@@ -72,10 +72,10 @@ def plot_engine_latency(df, floor_ms: float | None = None):
     """
     import matplotlib.pyplot as plt
 
-    from .bench_suite import COLORS
+    from .bench_suite import BENCH_COLORS
 
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(df) + 1.4))
-    _ = ax.barh(df.engine, df.decode_ms_per_token, color=[COLORS.get(e, "gray") for e in df.engine])
+    _ = ax.barh(df.engine, df.decode_ms_per_token, color=[BENCH_COLORS.get(e, "gray") for e in df.engine])
     if floor_ms is not None:
         _ = ax.axvline(floor_ms, color="k", ls="--", lw=1, label=f"bandwidth floor {floor_ms:.3f} ms")
         ax.legend(fontsize=8, loc="lower right")

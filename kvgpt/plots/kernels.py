@@ -5,7 +5,7 @@ matplotlib is imported inside the functions: the engine itself never needs it.
 
 from __future__ import annotations
 
-COLORS = {"static": "#4c72b0", "gather": "#c44e52", "blockwise": "#dd8452", "cpp": "#55a868", "flex": "#8172b3"}
+KERNEL_COLORS = {"static": "#4c72b0", "gather": "#c44e52", "blockwise": "#dd8452", "cpp": "#55a868", "flex": "#8172b3"}
 
 
 def plot_kernel_times(df, rows: int = 16, threads: int = 1, chunk: int = 0, cpu: str = ""):
@@ -22,7 +22,7 @@ def plot_kernel_times(df, rows: int = 16, threads: int = 1, chunk: int = 0, cpu:
     for ax, model in zip(axes[0], models):
         for variant, part in sel[sel.model == model].groupby("variant", sort=False):
             part = part.sort_values("past")
-            _ = ax.plot(part.past, part.us_per_call, "o-", color=COLORS.get(variant), label=variant)
+            _ = ax.plot(part.past, part.us_per_call, "o-", color=KERNEL_COLORS.get(variant), label=variant)
         ax.set(xscale="log", yscale="log", xlabel="past tokens per row", title=model)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("µs per attention call")
@@ -43,7 +43,7 @@ def plot_bytes_moved(df, model: str, rows: int, past: int, chunk: int = 0):
     sel = df[(df.model == model) & (df.rows == rows) & (df.past == past) & (df.chunk == chunk) & ~df.ragged
              & (df.threads == 1)]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    colors = [COLORS.get(v) for v in sel.variant]
+    colors = [KERNEL_COLORS.get(v) for v in sel.variant]
     _ = a.bar(sel.variant, sel.bytes_moved / 2**20, color=colors)
     a.set(ylabel="MiB of K/V moved per call", title="bytes (counted)")
     _ = b.bar(sel.variant, sel.us_per_call, color=colors)

@@ -5,8 +5,8 @@ matplotlib is imported inside the functions: the engine itself never needs it.
 
 from __future__ import annotations
 
-COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
-SHARED = "#333333"
+SEQUENCE_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+SHARED_BLOCK_COLOR = "#333333"
 
 
 def plot_block_tables(cache, names: dict | None = None):
@@ -22,7 +22,7 @@ def plot_block_tables(cache, names: dict | None = None):
     a, bs = cache.allocator, cache.block_size
     seqs = sorted(cache.tables)
     names = names or {s: f"seq {s}" for s in seqs}
-    color = {s: COLORS[i % len(COLORS)] for i, s in enumerate(seqs)}
+    color = {s: SEQUENCE_COLORS[i % len(SEQUENCE_COLORS)] for i, s in enumerate(seqs)}
     width = max([len(cache.tables[s]) for s in seqs] + [1])
     fig, (left, right) = plt.subplots(1, 2, figsize=(3.2 + 0.55 * width + 0.3 * bs, 0.32 * a.num_blocks + 1.4),
                                       gridspec_kw={"width_ratios": [width + 1.5, bs]})
@@ -30,10 +30,10 @@ def plot_block_tables(cache, names: dict | None = None):
     for r, s in enumerate(seqs):
         for j, block in enumerate(cache.tables[s]):
             shared = a.ref_counts[block] > 1
-            left.add_patch(Rectangle((j, r), 0.92, 0.85, color=SHARED if shared else color[s]))
+            left.add_patch(Rectangle((j, r), 0.92, 0.85, color=SHARED_BLOCK_COLOR if shared else color[s]))
             left.text(j + 0.46, r + 0.45, str(block), ha="center", va="center", color="white", fontsize=8)
             filled = min(bs, max(cache.lengths[s] - j * bs, 0))
-            fill[block] = (SHARED if shared else color[s], max(filled, fill.get(block, ("", 0))[1]))
+            fill[block] = (SHARED_BLOCK_COLOR if shared else color[s], max(filled, fill.get(block, ("", 0))[1]))
     left.set(xlim=(0, width), ylim=(len(seqs), 0), title="block tables (physical block ids)")
     left.set_yticks([r + 0.45 for r in range(len(seqs))], [names[s] for s in seqs], fontsize=8)
     left.set_xticks([j + 0.46 for j in range(width)], [f"#{j}" for j in range(width)], fontsize=7)
@@ -54,7 +54,7 @@ def plot_block_tables(cache, names: dict | None = None):
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-    legend = [Patch(color=color[s], label=names[s]) for s in seqs] + [Patch(color=SHARED, label="shared (refcount > 1)"),
+    legend = [Patch(color=color[s], label=names[s]) for s in seqs] + [Patch(color=SHARED_BLOCK_COLOR, label="shared (refcount > 1)"),
               Patch(facecolor="#f4f4f4", hatch="///", edgecolor="#999999", label="cached (refcount 0)"),
               Patch(color="#e6e6e6", label="free")]
     fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 4), fontsize=7, frameon=False)

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .style import legend_below, plain_log_ticks
+from .style import bare_figure, legend_below, plain_log_ticks
 
 ENGINE_COLORS = {"static batching (Part I)": "#9ecae1", "continuous batching (kvgpt LLMEngine)": "#08519c",
                  "vLLM": "#fd8d3c"}
-
-
-def _figure(ncols: int, width: float = 5.5, height: float = 3.8):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height))
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
 def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | None = None, title: str = ""):
@@ -40,7 +33,7 @@ def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | No
         grid[list(rows), s] = 1
     for s, rows in enumerate(wasted or []):
         grid[list(rows), s] = 2
-    fig, (ax,) = _figure(1, width=9, height=0.12 * n + 1.8)
+    fig, (ax,) = bare_figure(1, width=9, height=0.12 * n + 1.8)
     ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=ListedColormap(["#f2f2f2", "#08519c", "#fd8d3c"]),
               vmin=0, vmax=2)
     ax.set(xlabel="engine step", ylabel="request", title=title or f"{n} requests over {len(steps)} steps")
@@ -51,13 +44,13 @@ def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | No
     return fig
 
 
-def plot_kv_memory(memory):
+def plot_layout_memory(memory):
     """KV bytes reserved vs used per layout (MB), with the utilisation written on each bar.
 
     memory: rows of kv_memory (layout, reserved_bytes, used_bytes, utilization). Introduced in
     notebooks/11_continuous_batching.ipynb.
     """
-    fig, (ax,) = _figure(1, width=8, height=3.6)
+    fig, (ax,) = bare_figure(1, width=8, height=3.6)
     labels = list(memory.layout)
     y = range(len(labels))
     ax.barh(y, memory.reserved_bytes / 2**20, color="#dddddd", label="reserved")
@@ -79,7 +72,7 @@ def plot_serving(throughput):
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     models = list(dict.fromkeys(throughput.model))
-    fig, axes = _figure(3, width=4.2, height=3.6)
+    fig, axes = bare_figure(3, width=4.2, height=3.6)
     panels = (("tokens_per_s", "useful tokens/s (higher is better)"), ("ttft_p50_ms", "time to first token, p50 (ms)"),
               ("itl_p99_ms", "inter-token latency p99 (ms)"))
     engines = [e for e in ENGINE_COLORS if e in set(throughput.engine)]
@@ -101,7 +94,7 @@ def plot_serving(throughput):
 def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> list[Path]:
     """serve-bench's figures as PNG (no version stamp: same numbers, same bytes)."""
     figs = {"throughput": plot_serving(results["throughput"]),
-            "memory": plot_kv_memory(results["memory"][results["memory"].model == results["memory"].model.iloc[0]])}
+            "memory": plot_layout_memory(results["memory"][results["memory"].model == results["memory"].model.iloc[0]])}
     gantt = results["gantt"]
     first = gantt[gantt.model == gantt.model.iloc[0]]
     steps = [list(first[first.step == s].request) for s in range(first.step.max() + 1)]

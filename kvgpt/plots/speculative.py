@@ -5,47 +5,10 @@ matplotlib is imported inside the functions: the engine itself never needs it.
 
 from __future__ import annotations
 
-COLORS = {"context": "#e6e6e6", "accepted": "#55a868", "rejected": "#c44e52", "unchecked": "#f2f2f2",
+from ..speculative import expected_tokens_per_pass
+
+ROUND_COLORS = {"context": "#e6e6e6", "accepted": "#55a868", "rejected": "#c44e52", "unchecked": "#f2f2f2",
           "target": "#4c72b0"}
-
-
-def expected_tokens_per_pass(alpha: float, k: int) -> float:
-    """E[tokens per target pass] = (1 - alpha^(k+1)) / (1 - alpha), alpha = per-token acceptance (Leviathan eq. 1).
-
-    Introduced in notebooks/13_speculative_decoding.ipynb.
-    """
-    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-
-
-def chained_tokens_per_pass(rates) -> float:
-    """Tokens per pass from per-position acceptance rates a_1 .. a_k (a_i = P(accept draft i | 1 .. i-1 accepted)):
-    1 + a_1 + a_1 a_2 + ... + a_1 ... a_k. Equal to expected_tokens_per_pass(a, k) when every a_i = a.
-
-    Introduced in notebooks/13_speculative_decoding.ipynb.
-    """
-    total, reach = 1.0, 1.0
-    for a in rates:
-        reach *= a
-        total += reach
-    return total
-
-
-def break_even_alpha(k: int, cost: float) -> float:
-    """The acceptance rate at which speculation pays exactly: expected_tokens_per_pass(alpha, k) = cost.
-
-    `cost` is one round's time in units of one plain decode step (k draft passes + the verify pass).
-    Solved by bisection (the left side grows with alpha); 0 if even alpha = 0 pays, 1 if nothing does.
-    Introduced in notebooks/13_speculative_decoding.ipynb.
-    """
-    if cost <= 1:
-        return 0.0
-    if cost >= k + 1:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if expected_tokens_per_pass(mid, k) < cost else (lo, mid)
-    return (lo + hi) / 2
 
 
 def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
@@ -70,7 +33,7 @@ def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
             cells.append((d, kind))
         cells.append((r["target"], "target"))
         for x, (text, kind) in enumerate(cells):
-            ax.add_patch(Rectangle((x, y), 0.92, 0.8, color=COLORS[kind], ec="#555555", lw=0.6))
+            ax.add_patch(Rectangle((x, y), 0.92, 0.8, color=ROUND_COLORS[kind], ec="#555555", lw=0.6))
             _ = ax.text(x + 0.46, y + 0.4, text, ha="center", va="center", fontsize=8, family="monospace",
                         color="white" if kind in ("accepted", "rejected", "target") else "black")
         if "cache" in r:
@@ -84,7 +47,7 @@ def plot_rounds(rounds: list[dict], title: str = "Draft -> verify -> accept"):
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     names = ("context", "draft kept", "draft rejected", "not checked", "target's token")
-    fig.legend([Patch(color=COLORS[c], ec="#555555") for c in COLORS], names, loc="lower center", ncol=5,
+    fig.legend([Patch(color=ROUND_COLORS[c], ec="#555555") for c in ROUND_COLORS], names, loc="lower center", ncol=5,
                fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))

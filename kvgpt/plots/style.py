@@ -38,3 +38,13 @@ def legend_below(fig, handles, labels, ncol: int | None = None, fontsize: int = 
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, (line if note else 0) / fig.get_figheight()),
                ncol=ncol, fontsize=fontsize, frameon=False)
     fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
+def bare_figure(ncols: int, width: float = 5.5, height: float = 3.8):
+    """A matplotlib Figure of `ncols` axes side by side -> (fig, [axes]). A bare Figure renders with Agg on savefig
+    and never touches pyplot's backend; a notebook shows it as a PNG (kvgpt.notebook.setup turns inline on).
+    Introduced in notebooks/08_benchmarks.ipynb."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height))
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])

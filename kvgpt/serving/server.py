@@ -124,7 +124,7 @@ class _AnnouncingServer(uvicorn.Server):
             print(f"{ANNOUNCE}http://{host}:{port}", flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def serve_parser() -> argparse.ArgumentParser:
     from ..pretrained import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="kvgpt serve", description="An OpenAI-compatible HTTP server on LLMEngine.")
@@ -150,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`kvgpt serve ...`: load the model, build the engine, serve until interrupted. Bad flags: one line, exit 2."""
-    parser = build_parser()
+    parser = serve_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        server = _build(args)
+        server = _build_server(args)
     except (ValueError, TypeError, OSError, ImportError) as e:
         parser.exit(2, f"kvgpt serve: error: {' '.join(str(e).split())}\n")
     config = uvicorn.Config(build_app(server), host=args.host, port=args.port, log_level=args.log_level,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build(args) -> Server:
+def _build_server(args) -> Server:
     import torch
 
     from ..linear import recommended_threads, set_linear_backend
