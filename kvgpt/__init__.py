@@ -14,7 +14,9 @@ Chapter map (module -> notebooks/NN_*.ipynb):
     generation, requests (05) · sampling, widgets (06) · batching (07) · benchmark/ (08) · linear, compiled (08b) ·
     tokenizer, hf, pretrained (09) · serving/blocks, serving/paged, serving/engine (10) ·
     serving/scheduler, benchmark/serving (11) · gqa, quantized_cache, evaluation (12) ·
-    speculative, drafting, context (13) · plots/ draws every chapter's figures.
+    speculative, drafting, context (13) · online_softmax, paged_attention, paged_kernel (14) ·
+    export, serving/server, serving/loop, serving/api, serving/routes, serving/metrics (15) ·
+    plots/ draws every chapter's figures.
 """
 
 from .attention import CausalSelfAttention

@@ -18,7 +18,7 @@ import os
 import unicodedata
 from pathlib import Path
 
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, read_char_tokenizer  # noqa: F401 (read_char_tokenizer: its reading half)
 from .validation import check_int, check_path, fail_type
 
 RANDOM_PREFIX = "random-"  # random-gpt2-small: a benchmark shape (kvgpt.benchmark.suite.build_model), random weights
@@ -41,27 +41,6 @@ def hf_char_tokenizer(tokenizer: CharTokenizer, model_max_length: int | None = N
     bpe.decoder = decoders.Fuse()
     extra = {} if model_max_length is None else {"model_max_length": check_int("model_max_length", model_max_length, 1)}
     return PreTrainedTokenizerFast(tokenizer_object=bpe, clean_up_tokenization_spaces=False, **extra)
-
-
-def read_char_tokenizer(directory: str | os.PathLike) -> CharTokenizer | None:
-    """The CharTokenizer a tokenizer.json written by hf_char_tokenizer holds, or None for any other tokenizer.
-
-    Introduced in notebooks/15_serving.ipynb.
-    """
-    file = Path(directory) / "tokenizer.json"
-    try:
-        spec = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict) or not isinstance(spec.get("decoder"), dict):
-        return None
-    model, vocab = spec["model"], spec["model"].get("vocab")
-    if (model.get("type") != "BPE" or model.get("merges") or spec["decoder"].get("type") != "Fuse"
-            or spec.get("normalizer") or spec.get("pre_tokenizer") or spec.get("added_tokens")
-            or not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab)))
-            or not all(isinstance(c, str) and len(c) == 1 for c in vocab)):
-        return None
-    return CharTokenizer(sorted(vocab, key=vocab.get))
 
 
 def synthetic_chars(n: int) -> list[str]:

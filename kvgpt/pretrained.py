@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .export import read_char_tokenizer
 from .hf import TIED_HEAD, check_tensors, expected_shapes, load_hf, read_json, read_weights
 from .model import MiniGPTInferenceModel
-from .tokenizer import GPT2_NAMES, CharTokenizer, GPT2Tokenizer
+from .tokenizer import GPT2_NAMES, CharTokenizer, GPT2Tokenizer, read_char_tokenizer
 from .validation import check_device, check_dtype, check_path, fail_type
 
 DEFAULT_MODEL = "shakespeare-char"

@@ -243,3 +243,24 @@ def _hf_tokenizer(directory: Path):
     if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "merges.txt")):
         raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
     return GPT2TokenizerFast.from_pretrained(str(directory), local_files_only=True)
+
+
+def read_char_tokenizer(directory: str | os.PathLike) -> CharTokenizer | None:
+    """The CharTokenizer a tokenizer.json written by hf_char_tokenizer holds, or None for any other tokenizer.
+
+    Introduced in notebooks/15_serving.ipynb.
+    """
+    file = Path(directory) / "tokenizer.json"
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict) or not isinstance(spec.get("decoder"), dict):
+        return None
+    model, vocab = spec["model"], spec["model"].get("vocab")
+    if (model.get("type") != "BPE" or model.get("merges") or spec["decoder"].get("type") != "Fuse"
+            or spec.get("normalizer") or spec.get("pre_tokenizer") or spec.get("added_tokens")
+            or not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab)))
+            or not all(isinstance(c, str) and len(c) == 1 for c in vocab)):
+        return None
+    return CharTokenizer(sorted(vocab, key=vocab.get))
