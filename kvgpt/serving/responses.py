@@ -42,7 +42,7 @@ class CompletionText:
                    default=0)
 
 
-def chunk(req: CompletionRequest, text: str, finish_reason: str | None, stop_reason=None) -> dict:
+def completion_chunk(req: CompletionRequest, text: str, finish_reason: str | None, stop_reason=None) -> dict:
     """One streamed chunk: one token's text (OpenAI's text_completion object, as vLLM streams it)."""
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": stop_reason}
     return {"id": req.id, "object": "text_completion", "created": req.created, "model": req.model,

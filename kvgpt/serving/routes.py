@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .api import RequestError, Served, parse_body, parse_completion
 from .loop import EngineLoop, Handle
 from .metrics import CONTENT_TYPE, FINISH, ServerMetrics
-from .responses import CompletionText, chunk, usage
+from .responses import CompletionText, completion_chunk, usage
 
 NO_CHAT = ("this model has no chat template: it is a character-level model trained on plays, not on conversations "
            "(vLLM refuses the same folder for the same reason); send the text to POST /v1/completions")
@@ -88,11 +88,11 @@ class Server:
             async with aclosing(self.tokens(handle)) as tokens:
                 async for text, finish, stop in tokens:
                     n += 1
-                    yield f"data: {json.dumps(chunk(req, text, finish, stop))}\n\n"
+                    yield f"data: {json.dumps(completion_chunk(req, text, finish, stop))}\n\n"
         except RequestError as e:  # headers are sent already: the error goes in the stream
             yield f"data: {json.dumps(e.body())}\n\n"
         if req.include_usage:
-            yield f"data: {json.dumps({**chunk(req, '', None), 'choices': [], 'usage': usage(req, n)})}\n\n"
+            yield f"data: {json.dumps({**completion_chunk(req, '', None), 'choices': [], 'usage': usage(req, n)})}\n\n"
         yield "data: [DONE]\n\n"
 
     async def complete(self, handle: Handle) -> dict | None:
@@ -104,7 +104,7 @@ class Server:
         if finish is None:
             return None
         choice = {"index": 0, "text": "".join(parts), "logprobs": None, "finish_reason": finish, "stop_reason": stop}
-        return {**chunk(handle.request, "", None), "choices": [choice], "usage": usage(handle.request, len(parts))}
+        return {**completion_chunk(handle.request, "", None), "choices": [choice], "usage": usage(handle.request, len(parts))}
 
 
 async def _watch(request: Request, handle: Handle) -> None:
