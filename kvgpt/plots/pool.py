@@ -35,8 +35,8 @@ def plot_memory_trace(trace, references: dict | None = None, title: str = "", no
                     label="held by requests (blocks allocated)")
     ax.fill_between(steps, [b / MIB for b in trace["used_bytes"]], color=FILLED, step="post",
                     label="filled (slots holding a key/value)")
-    ax.step(steps, [b / MIB for b in trace["reserved_bytes"]], where="post", color="#636363", lw=2,
-            label="reserved (the pool, allocated once)")
+    ax.step(steps, [b / MIB for b in trace["reserved_bytes"]], where="post", color="#636363", lw=4, alpha=0.5,
+            label="reserved (the pool, allocated once)")  # wide and pale: a reference line on it stays visible
     for (name, nbytes), style in zip((references or {}).items(), REFERENCE_STYLES):
         ax.axhline(nbytes / MIB, color="#d94801", ls=style, lw=1.2, label=name)
     top = max([max(trace["reserved_bytes"])] + list((references or {}).values())) / MIB
