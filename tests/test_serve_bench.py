@@ -43,7 +43,8 @@ from kvgpt.benchmark.serving_report import (
 )
 from kvgpt.benchmark.workload import Request, ragged_workload, serve_workload
 from kvgpt.cli import main
-from kvgpt.plots.serving import plot_kv_memory, plot_row_gantt, plot_serving
+from kvgpt.plots import plot_memory_trace
+from kvgpt.plots.serving import plot_row_gantt, plot_serving, plot_step_budget, plot_ttft_vs_rate
 from kvgpt.serving import LLMEngine
 
 MODEL = dict(vocab_size=67, n_layers=2, n_heads=2, d_model=32, block_size=64)
@@ -205,8 +206,9 @@ def test_serve_bench_runs_and_reports_a_vllm_mismatch(tmp_path):
     assert set(results["targets"].target) >= {"shakespeare-char: continuous / static tokens/s",
                                               "shakespeare-char: kvgpt LLMEngine / vLLM tokens/s"}
     assert (results["memory"].utilization <= 1).all()
-    for fig in (plot_serving(results["throughput"]), plot_kv_memory(results["memory"]),
-                plot_row_gantt([[0, 1], [1]], wasted=[[], [0]])):
+    for fig in (plot_serving(results["throughput"]), plot_memory_trace(results["memory_trace"]),
+                plot_row_gantt([[0, 1], [1]], wasted=[[], [0]]), plot_ttft_vs_rate(results["online"]),
+                plot_step_budget([[(0, 5, False)], [(0, 1, True), (1, 3, False)]], 8, highlight=1)):
         assert isinstance(fig, Figure)
 
 
