@@ -53,10 +53,11 @@ def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | No
     return fig
 
 
-def plot_serving(throughput):
+def plot_serving(throughput, note: str = ""):
     """Useful tokens/s, time to first token and p50/p99 inter-token latency per model and engine.
 
-    throughput: the serve-bench table (model, engine, tokens_per_s, ttft_p50_ms, itl_p50_ms, itl_p99_ms).
+    throughput: the serve-bench table (model, engine, tokens_per_s, ttft_p50_ms, itl_p50_ms, itl_p99_ms); note: a line
+    under the legend (the machine the numbers were measured on).
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     models = list(dict.fromkeys(throughput.model))
@@ -75,7 +76,7 @@ def plot_serving(throughput):
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
         ax.set_title(title, fontsize=9)
-    legend_below(fig, *axes[0].get_legend_handles_labels())
+    legend_below(fig, *axes[0].get_legend_handles_labels(), note=note)
     return fig
 
 
@@ -135,16 +136,21 @@ def plot_ttft_vs_rate(online, note: str = ""):
 
 
 def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> list[Path]:
-    """serve-bench's figures as PNG (no version stamp: same numbers, same bytes)."""
+    """serve-bench's figures as PNG (no version stamp: same numbers, same bytes); the timed ones name the CPU."""
+    meta = dict(zip(results["meta"].key, results["meta"].value)) if "meta" in results else {}
+    note = f"serve-bench on {meta['cpu']}, {meta['cpu_count']} cores, load average {meta['load_average_1m_at_end']}" \
+        if meta else ""
     trace = results["memory_trace"]
     first_model = trace.model.iloc[0]
-    figs = {"throughput": plot_serving(results["throughput"]),
+    figs = {"throughput": plot_serving(results["throughput"], note),
             "memory": plot_memory_trace(trace[trace.model == first_model], title=f"{first_model}: KV memory per step "
                                         "(LLMEngine, the offline workload)")}
     gantt = results["gantt"]
     first = gantt[gantt.model == gantt.model.iloc[0]]
     steps = [list(first[first.step == s].request) for s in range(first.step.max() + 1)]
     figs["gantt"] = plot_row_gantt(steps, title=f"{first.model.iloc[0]}: continuous batching, rows per step")
+    if "online" in results:
+        figs["ttft_rate"] = plot_ttft_vs_rate(results["online"], note)
     paths = []
     for name, fig in figs.items():
         path = Path(out) / f"{prefix}{name}.png"
