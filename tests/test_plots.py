@@ -210,3 +210,19 @@ def test_scaled_logit_gap_divides_by_the_largest_reference_logit():
     assert plots.scaled_logit_gap(small + 1e-6, small) == pytest.approx([1e-6], rel=1e-2)
     with pytest.raises(ValueError, match="differ in shape"):
         plots.scaled_logit_gap(ref, ref[0])
+
+
+def test_memory_trace_keeps_reserved_held_and_filled_apart():
+    """Chapter 10's three numbers: each drawn from its own column, in MiB, with the legend naming it."""
+    mib = 2**20
+    trace = pd.DataFrame({"step": [0, 1, 2], "reserved_bytes": [8 * mib] * 3,
+                          "allocated_bytes": [1 * mib, 3 * mib, 1 * mib], "used_bytes": [mib // 2, 2 * mib, 1 * mib]})
+    fig = plots.plot_memory_trace(trace, {"a static cache": 16 * mib})
+    ax = fig.axes[0]
+    held, filled = ax.collections[:2]  # the two filled areas, in drawing order
+    assert max(held.get_paths()[0].vertices[:, 1]) == 3 and max(filled.get_paths()[0].vertices[:, 1]) == 2
+    reserved, static = ax.get_lines()
+    assert set(reserved.get_ydata()) == {8} and set(static.get_ydata()) == {16}
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:3] == ["held by requests (blocks allocated)", "filled (slots holding a key/value)",
+                          "reserved (the pool, allocated once)"] and labels[3] == "a static cache"
