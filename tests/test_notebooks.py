@@ -322,17 +322,12 @@ def _chapter_number(path: Path) -> int:
     return int(re.match(r"\d\d", path.name).group())
 
 
-NEXT_FIXED_BY_REWRITE = {"11_continuous_batching.ipynb"}  # the rewrite of chapter 11 in progress links 12
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_next_links_the_next_chapter(path):
     # the closing "**Next:**" of chapter NN (08b included) links chapter NN+1 whenever that chapter exists
     following = [p for p in NOTEBOOKS if _chapter_number(p) == _chapter_number(path) + 1 and p.name[2] == "_"]
     if not following:
         pytest.skip(f"no chapter {_chapter_number(path) + 1:02d} in this repository")
-    if path.name in NEXT_FIXED_BY_REWRITE:
-        pytest.xfail(f"{path.name} is being rewritten; its new edition links {following[0].name}")
     cells = [_source(c) for c in _read(path)["cells"] if c["cell_type"] == "markdown" and "**Next:**" in _source(c)]
     assert cells, f"{path.name}: no '**Next:**' paragraph"
     assert f"]({following[0].name})" in cells[-1], f"{path.name}: its Next does not link {following[0].name}"

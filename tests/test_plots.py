@@ -120,22 +120,46 @@ def test_roofline_picture():
     assert ax.get_xscale() == ax.get_yscale() == "log"
 
 
+def _flat_batch():
+    """One flat call of chapter 10's kind: a decode row, a prompt chunk and a new prompt, tables interleaved."""
+    from kvgpt.serving import PagedKVCache
+
+    cache = PagedKVCache(cached_model().config, num_blocks=6, block_size=4)
+    for s, (past, new) in enumerate(((5, 1), (2, 3), (0, 4))):
+        cache.add_sequence(s)
+        cache.reserve(s, past + new)
+        if past:
+            cache.commit(s, past, [1] * past)
+    return cache.batch([0, 1, 2], [1, 3, 4])
+
+
 def _chapter_figures():
-    """The figures chapters 11-13 (and 08's peers chart) draw, on the stored measurements in figures/."""
+    """The figures chapters 10-13 (and 08's peers chart) draw, on the stored measurements in figures/."""
     from pathlib import Path
 
     from kvgpt.benchmark.peer_report import load_peers, plot_peers
     from kvgpt.plots import serving, speculative
 
     root = Path(__file__).resolve().parents[1] / "figures"
-    throughput, memory = pd.read_csv(root / "serve_throughput.csv"), pd.read_csv(root / "serve_memory.csv")
+    run = "serve_" if (root / "serve_online.csv").exists() else "serve_quick_"  # as chapter 11 reads them
+    throughput, trace = pd.read_csv(root / f"{run}throughput.csv"), pd.read_csv(root / f"{run}memory_trace.csv")
+    online = pd.read_csv(root / f"{run}online.csv")
     sweep, positions = pd.read_csv(root / "spec_speedup.csv"), pd.read_csv(root / "spec_positions.csv")
     label = lambda d: d.assign(source=d["mode"] + ", " + d["source"])  # noqa: E731
     k = torch.randn(8, 4, 256, 32, generator=torch.Generator().manual_seed(0))
     steps = [list(range(16 - s // 3)) for s in range(40)]
     return {
         "plot_serving": lambda: serving.plot_serving(throughput),
-        "plot_layout_memory": lambda: serving.plot_layout_memory(memory[memory.model == memory.model.iloc[0]]),
+        "plot_memory_trace": lambda: plots.plot_memory_trace(trace[trace.model == trace.model.iloc[0]],
+                                                             {"a static cache": 2 * trace.reserved_bytes.max()}),
+        "plot_ttft_vs_rate": lambda: serving.plot_ttft_vs_rate(online, note="a CPU, 1 thread"),
+        "plot_step_budget": lambda: serving.plot_step_budget(
+            [[(r, 1, True) for r in range(s % 5)] + [(9, 40 - s % 5, False)] for s in range(12)], 48, highlight=9),
+        "plot_pool_concurrency": lambda: plots.plot_pool_concurrency(
+            pd.DataFrame({"max_num_seqs": [16, 32, 64], "peak_running": [16, 32, 61], "preemptions": [0, 0, 12]}),
+            {"static cache, same bytes": 16}),
+        "plot_flat_call": lambda: plots.plot_flat_call(_flat_batch(), ["A", "B", "C"]),
+        "plot_hash_chain": lambda: plots.plot_hash_chain({"To be": [1, 2, 3, 4, 5, 6, 7], "So be": [9, 2, 3, 4, 5]}, 2),
         "plot_row_gantt": lambda: serving.plot_row_gantt(steps, 16, wasted=[[15]] * 40, title="static batching"),
         "plot_acceptance": lambda: speculative.plot_acceptance(label(sweep), label(positions)),
         "plot_speedup": lambda: speculative.plot_speedup(sweep[sweep["mode"] == "greedy"], note="a CPU, 1 thread"),
@@ -150,7 +174,8 @@ def _chapter_figures():
     }
 
 
-CHAPTER_FIGURES = ["plot_serving", "plot_layout_memory", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
+CHAPTER_FIGURES = ["plot_serving", "plot_memory_trace", "plot_ttft_vs_rate", "plot_step_budget", "plot_pool_concurrency",
+                   "plot_flat_call", "plot_hash_chain", "plot_row_gantt", "plot_acceptance", "plot_speedup", "plot_rounds",
                    "plot_kv_spread", "plot_head_sharing", "plot_peers", "plot_logit_gap"]
 
 
@@ -185,3 +210,19 @@ def test_scaled_logit_gap_divides_by_the_largest_reference_logit():
     assert plots.scaled_logit_gap(small + 1e-6, small) == pytest.approx([1e-6], rel=1e-2)
     with pytest.raises(ValueError, match="differ in shape"):
         plots.scaled_logit_gap(ref, ref[0])
+
+
+def test_memory_trace_keeps_reserved_held_and_filled_apart():
+    """Chapter 10's three numbers: each drawn from its own column, in MiB, with the legend naming it."""
+    mib = 2**20
+    trace = pd.DataFrame({"step": [0, 1, 2], "reserved_bytes": [8 * mib] * 3,
+                          "allocated_bytes": [1 * mib, 3 * mib, 1 * mib], "used_bytes": [mib // 2, 2 * mib, 1 * mib]})
+    fig = plots.plot_memory_trace(trace, {"a static cache": 16 * mib})
+    ax = fig.axes[0]
+    held, filled = ax.collections[:2]  # the two filled areas, in drawing order
+    assert max(held.get_paths()[0].vertices[:, 1]) == 3 and max(filled.get_paths()[0].vertices[:, 1]) == 2
+    reserved, static = ax.get_lines()
+    assert set(reserved.get_ydata()) == {8} and set(static.get_ydata()) == {16}
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:3] == ["held by requests (blocks allocated)", "filled (slots holding a key/value)",
+                          "reserved (the pool, allocated once)"] and labels[3] == "a static cache"

@@ -35,6 +35,7 @@ from kvgpt.benchmark.serving_report import (
     SYSTEM_PROMPT,
     kv_memory,
     prefix_prompts,
+    pool_concurrency,
     prefix_workload,
     record_plans,
     static_slot_bytes,
@@ -42,7 +43,8 @@ from kvgpt.benchmark.serving_report import (
 )
 from kvgpt.benchmark.workload import Request, ragged_workload, serve_workload
 from kvgpt.cli import main
-from kvgpt.plots.serving import plot_layout_memory, plot_row_gantt, plot_serving
+from kvgpt.plots import plot_memory_trace
+from kvgpt.plots.serving import plot_row_gantt, plot_serving, plot_step_budget, plot_ttft_vs_rate
 from kvgpt.serving import LLMEngine
 
 MODEL = dict(vocab_size=67, n_layers=2, n_heads=2, d_model=32, block_size=64)
@@ -74,6 +76,29 @@ def test_continuous_batching_timeline_equals_alone_and_rows_join_and_leave():
     first = {r: min(i for i, s in enumerate(timeline.steps) if r in s) for r in range(len(requests))}
     last = {r: max(i for i, s in enumerate(timeline.steps) if r in s) for r in range(len(requests))}
     assert any(first[b] > last[a] for a in first for b in first), "no request ever joined after another left"
+
+
+def test_pool_concurrency_counts_requests_running_at_once_and_the_ones_preempted():
+    """Chapter 10's payoff measurement: per seat limit, the most requests running at once and the requests preempted,
+    read between steps; checked against the scheduler's own preemptions (wrapped here) and the seat limit."""
+    model, requests = cached_model(**MODEL), _requests(12, seed=1)
+    preempted = {}
+
+    def factory(seats):
+        engine = LLMEngine(model, block_size=4, num_blocks=12, max_num_seqs=seats, max_num_batched_tokens=32)
+        ids, preempt = preempted.setdefault(seats, []), engine.scheduler._preempt
+        engine.scheduler._preempt = lambda seq: (ids.append(seq.request_id), preempt(seq))
+        return engine
+
+    rows = pool_concurrency(factory, requests, (1, 4, 12))
+    for row in rows:
+        assert row["finished"] == len(requests) and 1 <= row["peak_running"] <= row["max_num_seqs"]
+        assert row["preemptions"] == len(preempted[row["max_num_seqs"]])
+        assert row["requests_preempted"] == len(set(preempted[row["max_num_seqs"]]))
+        assert row["num_blocks"] == 12 and row["peak_blocks_used"] <= 12
+    assert rows[0]["peak_running"] == 1 and rows[0]["preemptions"] == 0  # one seat: one request at a time
+    assert rows[1]["peak_running"] > rows[0]["peak_running"]
+    assert rows[-1]["preemptions"] > 0  # 12 seats on 12 blocks: the pool runs dry
 
 
 def test_recorded_plans_respect_the_token_budget_and_chunk_long_prompts():
@@ -181,8 +206,9 @@ def test_serve_bench_runs_and_reports_a_vllm_mismatch(tmp_path):
     assert set(results["targets"].target) >= {"shakespeare-char: continuous / static tokens/s",
                                               "shakespeare-char: kvgpt LLMEngine / vLLM tokens/s"}
     assert (results["memory"].utilization <= 1).all()
-    for fig in (plot_serving(results["throughput"]), plot_layout_memory(results["memory"]),
-                plot_row_gantt([[0, 1], [1]], wasted=[[], [0]])):
+    for fig in (plot_serving(results["throughput"]), plot_memory_trace(results["memory_trace"]),
+                plot_row_gantt([[0, 1], [1]], wasted=[[], [0]]), plot_ttft_vs_rate(results["online"]),
+                plot_step_budget([[(0, 5, False)], [(0, 1, True), (1, 3, False)]], 8, highlight=1)):
         assert isinstance(fig, Figure)
 
 

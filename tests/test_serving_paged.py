@@ -201,7 +201,7 @@ def test_paging_pictures():
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    from kvgpt.plots import plot_block_tables, plot_kv_memory
+    from kvgpt.plots import plot_block_tables
 
     model = cached_model()
     cache = PagedKVCache(model.config, 6, block_size=4)
@@ -210,7 +210,60 @@ def test_paging_pictures():
     cache.commit(0, 5, [1, 2, 3, 4, 5])
     cache.fork_sequence(0, 1)
     assert isinstance(plot_block_tables(cache, {0: "a", 1: "b"}), Figure)
-    assert isinstance(plot_kv_memory({"static": (10, 100), "paged": (10, 12)}), Figure)
+    plt.close("all")
+
+
+def test_flat_call_picture_marks_each_tokens_write_and_every_key_its_query_reads():
+    """plot_flat_call draws, per flat token, one written slot (its slot_mapping) and one cell per key it reads
+    (positions 0 .. its own): a picture that drew another sequence's slots, or padding, would fail here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvgpt.plots import plot_flat_call
+
+    model = cached_model()
+    cache = PagedKVCache(model.config, 8, block_size=4)
+    for s in range(3):
+        cache.add_sequence(s)
+    _paged_call(model, cache, [(0, [1, 2, 3, 4, 5]), (1, [6, 7])])
+    for s, n in ((0, 5), (1, 2)):
+        cache.commit(s, n, list(range(1, 8)))
+    rows = [(0, [8]), (1, [9, 10, 11]), (2, [12, 13])]
+    for s, toks in rows:
+        cache.reserve(s, cache.lengths[s] + len(toks))
+    batch = cache.batch([s for s, _ in rows], [len(t) for _, t in rows])
+    fig = plot_flat_call(batch, ["a", "b", "c"])
+    grid = fig.axes[1]
+    cells = {(int(p.get_x()), int(p.get_y())) for p in grid.patches}
+    bs, tables = 4, batch.block_tables.tolist()
+    want = {(i, tables[r][q // bs] * bs + q % bs)
+            for i, (r, p) in enumerate(zip(batch.query_row.tolist(), batch.query_pos.tolist())) for q in range(p + 1)}
+    assert cells == want and len(grid.patches) == len(want)
+    written = {(int(t.get_position()[0]), int(t.get_position()[1])) for t in grid.texts if t.get_text() == "w"}
+    assert written == set(enumerate(batch.slot_mapping.tolist()))
+    assert len(fig.axes[0].patches) == batch.t  # the top row: one box per real token, none for padding
+    plt.close("all")
+
+
+def test_hash_chain_picture_darkens_exactly_the_blocks_an_earlier_row_hashed():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
+
+    from kvgpt.plots import plot_hash_chain
+    from kvgpt.plots.paging import SHARED
+
+    rows = {"a": [1, 2, 3, 4, 5, 6, 7, 8, 9], "b": [1, 2, 3, 4, 5, 6, 7, 8, 0], "c": [0, 2, 3, 4, 5, 6, 7, 8, 9]}
+    fig = plot_hash_chain(rows, block_size=4)
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]  # the blocks (the arrows are not)
+    dark = [p for p in boxes if p.get_fill() and p.get_facecolor() == to_rgba(SHARED)]
+    assert len(boxes) == 9 and len(dark) == 2  # b's two full blocks repeat a's; c's first token changes every hash
+    assert sorted(int(p.get_y()) for p in dark) == [1, 1]
     plt.close("all")
 
 

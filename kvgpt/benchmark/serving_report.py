@@ -80,6 +80,33 @@ def engine_memory_trace(engine, requests: list[Request]) -> list[dict]:
     return rows
 
 
+def pool_concurrency(engine_factory, requests: list[Request], seats) -> list[dict]:
+    """How many of `requests` one pool serves at once, per seat limit: engine_factory(max_num_seqs) -> an LLMEngine
+    (the same num_blocks every time), all requests queued at t = 0 and run to the end.
+
+    Per seat limit: the most requests running at once, steps, preemptions (events) and the requests preempted at
+    least once (a request that left `running` without finishing), read from the engine between steps.
+    Introduced in notebooks/10_paged_attention.ipynb.
+    """
+    rows = []
+    for n in seats:
+        engine = engine_factory(n)
+        for r in requests:
+            engine.add_request(list(r.prompt), r.max_new_tokens)
+        peak, preempted = 0, set()
+        while engine.has_unfinished():
+            before = {seq.request_id for seq in engine.scheduler.running}
+            engine.step()
+            running = {seq.request_id for seq in engine.scheduler.running}
+            preempted |= {rid for rid in before - running if rid in engine.requests}  # left unfinished: preempted
+            peak = max(peak, len(running))
+        rows.append({"max_num_seqs": n, "num_blocks": engine.cache.allocator.num_blocks, "peak_running": peak,
+                     "steps": engine.stats.steps, "preemptions": engine.stats.preemptions,
+                     "requests_preempted": len(preempted), "finished": engine.stats.finished,
+                     "peak_blocks_used": engine.stats.peak_blocks_used})
+    return rows
+
+
 def record_plans(engine) -> list:
     """Record what the engine's scheduler plans each step: a list that gets one [(request_id, tokens, decode?)] per
     step() from now on (the scheduler's schedule() is wrapped, nothing else changes).

@@ -10,7 +10,8 @@ from .cache import cache_bytes, cached_vs_uncached, kv_cache_fill
 from .decoding import plot_step_latency
 from .loading import plot_logit_gap, scaled_logit_gap
 from .model import architecture_diagram
-from .paging import plot_block_tables, plot_kv_memory
+from .paging import plot_block_tables, plot_flat_call, plot_hash_chain
+from .pool import plot_memory_trace, plot_pool_concurrency
 from .sampling import SAMPLING_SETTINGS, plot_distribution, plot_processors, token_label
 from .smaller_caches import plot_head_sharing, plot_kv_spread
 
@@ -21,7 +22,10 @@ __all__ = [
     "attention_shapes",
     "attention_weights",
     "plot_block_tables",
-    "plot_kv_memory",
+    "plot_flat_call",
+    "plot_hash_chain",
+    "plot_memory_trace",
+    "plot_pool_concurrency",
     "cache_bytes",
     "cached_vs_uncached",
     "kv_cache_fill",

@@ -1,4 +1,5 @@
-"""Pictures of a paged KV cache: block tables pointing into the pool, and memory used vs reserved.
+"""Pictures of a paged KV cache: block tables pointing into the pool, one flat model call's writes and reads,
+and the hash chain that names full blocks.
 
 matplotlib is imported inside the functions: the engine itself never needs it.
 """
@@ -62,22 +63,93 @@ def plot_block_tables(cache, names: dict | None = None):
     return fig
 
 
-def plot_kv_memory(rows: dict[str, tuple[int, int]], title: str = ""):
-    """KV bytes actually used vs reserved, one bar per layout: rows[name] = (used bytes, reserved bytes).
+def plot_flat_call(batch, names: list[str] | None = None):
+    """One flat model call over a paged pool: the N new tokens in one row (top), and per token (a column) the pool
+    slots it writes (slot_mapping) and the slots its query reads (keys 0 .. its position, through its table).
 
+    `batch` is a kvgpt.serving.PagedBatch; names[r] labels its r-th sequence. Nothing is padded: every column is
+    a real token. Introduced in notebooks/10_paged_attention.ipynb.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    bs, nb = batch.cache.block_size, batch.cache.allocator.num_blocks
+    rows, pos, written = batch.query_row.tolist(), batch.query_pos.tolist(), batch.slot_mapping.tolist()
+    tables = batch.block_tables.tolist()
+    names = names or [f"seq {r}" for r in range(len(tables))]
+    n = len(rows)
+    fig, (top, grid) = plt.subplots(2, 1, figsize=(1.6 + 0.62 * n, 1.9 + 0.2 * nb * bs),
+                                    gridspec_kw={"height_ratios": [1.3, 0.2 * nb * bs]}, sharex=True)
+    for i, (r, p) in enumerate(zip(rows, pos)):
+        top.add_patch(Rectangle((i, 0), 0.94, 1, color=COLORS[r % len(COLORS)]))
+        top.text(i + 0.47, 0.5, f"{names[r]}\npos {p}", ha="center", va="center", color="white", fontsize=7)
+        for q in range(p + 1):  # the keys query i attends to: its own sequence's positions 0 .. p
+            slot = tables[r][q // bs] * bs + q % bs
+            new = slot == written[i]
+            grid.add_patch(Rectangle((i, slot), 0.94, 0.9, color=COLORS[r % len(COLORS)], alpha=1.0 if new else 0.35))
+            if new:
+                grid.text(i + 0.47, slot + 0.45, "w", ha="center", va="center", color="white", fontsize=7)
+    top.set(xlim=(0, n), ylim=(0, 1), title=f"one model call: token_ids (1, {n}), every sequence's new tokens in turn")
+    top.set_yticks([])
+    for b in range(1, nb):
+        grid.axhline(b * bs - 0.05, color="#999999", lw=0.6)
+    grid.set(ylim=(nb * bs, 0), xlabel="flat token index (the column's query)")
+    grid.set_yticks([b * bs + bs / 2 - 0.05 for b in range(nb)], [f"block {b}" for b in range(nb)], fontsize=7)
+    grid.set_xticks([i + 0.47 for i in range(n)], [str(i) for i in range(n)], fontsize=7)
+    grid.set_ylabel(f"pool slots ({nb} blocks x {bs})", fontsize=8)
+    for ax in (top, grid):
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    legend = [Patch(color="#777777", alpha=0.35, label="read by this column's query (in place)"),
+              Patch(color="#777777", label="w: written by this call (slot_mapping)")]
+    fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_hash_chain(sequences: dict, block_size: int, decode=None):
+    """Each sequence's blocks left to right: a full block's hash covers its parent's hash and its tokens (an arrow),
+    so one changed token changes every later hash; a block whose hash an earlier row already has is drawn dark
+    (reusable), the partial last block has no hash yet.
+
+    sequences: {label: token ids}; decode(ids) -> text shown in each block (default: the ids).
     Introduced in notebooks/10_paged_attention.ipynb.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
-    fig, ax = plt.subplots(figsize=(6.0, 0.55 * len(rows) + 1.2))
-    for i, (name, (used, reserved)) in enumerate(rows.items()):
-        ax.barh(i, reserved / 2**10, color="#e6e6e6", label="reserved" if i == 0 else None)
-        ax.barh(i, used / 2**10, color="#4c72b0", label="used (slots filled)" if i == 0 else None)
-        ax.text(reserved / 2**10, i, f" {100 * used / reserved:.0f}% used", va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlabel="KiB of keys and values", title=title)
-    ax.set_xlim(0, max(r for _, r in rows.values()) / 2**10 * 1.25)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    from ..serving.blocks import prefix_hashes
+
+    decode = decode or (lambda ids: " ".join(map(str, ids)))
+    width = max(-(-len(ids) // block_size) for ids in sequences.values())
+    fig, ax = plt.subplots(figsize=(1.2 + 1.55 * width, 0.75 * len(sequences) + 1.1))
+    seen = set()
+    for r, (label, ids) in enumerate(sequences.items()):
+        hashes = prefix_hashes(list(ids), block_size)
+        for j in range(-(-len(ids) // block_size)):
+            chunk = decode(list(ids[j * block_size : (j + 1) * block_size]))
+            if j < len(hashes):
+                face = SHARED if hashes[j] in seen else COLORS[r % len(COLORS)]
+                ax.add_patch(Rectangle((j * 1.5, r), 1.15, 0.7, color=face))
+                ax.text(j * 1.5 + 0.575, r + 0.35, f"{chunk!r}\n#{hashes[j] % 10**4:04d}", ha="center", va="center",
+                        color="white", fontsize=7)
+            else:
+                ax.add_patch(Rectangle((j * 1.5, r), 1.15, 0.7, fill=False, ls="--", ec="#777777"))
+                ax.text(j * 1.5 + 0.575, r + 0.35, f"{chunk!r}\nno hash", ha="center", va="center", fontsize=7)
+            if j:
+                ax.add_patch(FancyArrowPatch((j * 1.5 - 0.33, r + 0.35), (j * 1.5 - 0.02, r + 0.35),
+                                             arrowstyle="-|>", mutation_scale=8, color="#555555"))
+        seen |= set(hashes)
+    ax.set(xlim=(-0.1, width * 1.5), ylim=(len(sequences), -0.15))
+    ax.set_yticks([r + 0.35 for r in range(len(sequences))], [str(k) for k in sequences], fontsize=8)
+    ax.set_xticks([j * 1.5 + 0.575 for j in range(width)], [f"block {j}" for j in range(width)], fontsize=7)
+    ax.set_title(f"hash(parent hash, {block_size} tokens): last 4 digits", fontsize=9)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    legend = [Patch(color=SHARED, label="hash seen in an earlier row: reusable"),
+              Patch(fill=False, ls="--", ec="#777777", label="partial block: not hashed yet")]
+    fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

@@ -1,4 +1,5 @@
-"""Serving pictures for chapter 11: rows joining and leaving over steps, KV memory reserved vs used, throughput.
+"""Serving pictures for chapter 11: rows joining and leaving over steps, each step's token budget, throughput and
+latency offline, time to first token as requests arrive faster.
 
 matplotlib is imported inside the functions: the engine itself never needs it. They return bare Figures (off
 pyplot's global state, so serve-bench can save them from a script): end the cell with `fig`, or display(fig);
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .pool import plot_memory_trace
 from .style import bare_figure, legend_below, plain_log_ticks
 
 ENGINE_COLORS = {"static batching (Part I)": "#9ecae1", "continuous batching (kvgpt LLMEngine)": "#08519c",
@@ -44,31 +46,11 @@ def plot_row_gantt(steps: list, n_requests: int | None = None, wasted: list | No
     return fig
 
 
-def plot_layout_memory(memory):
-    """KV bytes reserved vs used per layout (MB), with the utilisation written on each bar.
-
-    memory: rows of kv_memory (layout, reserved_bytes, used_bytes, utilization). Introduced in
-    notebooks/11_continuous_batching.ipynb.
-    """
-    fig, (ax,) = bare_figure(1, width=8, height=3.6)
-    labels = list(memory.layout)
-    y = range(len(labels))
-    ax.barh(y, memory.reserved_bytes / 2**20, color="#dddddd", label="reserved")
-    ax.barh(y, memory.used_bytes / 2**20, color="#08519c", label="used (tokens' keys and values)")
-    for i, (res, u) in enumerate(zip(memory.reserved_bytes, memory.utilization)):
-        ax.text(res / 2**20, i, f" {100 * u:.0f}% used", va="center", fontsize=8)
-    ax.set_yticks(list(y), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlabel="KV cache MB", title="KV memory: reserved vs used")
-    ax.set_xlim(0, memory.reserved_bytes.max() / 2**20 * 1.25)
-    legend_below(fig, *ax.get_legend_handles_labels())
-    return fig
-
-
-def plot_serving(throughput):
+def plot_serving(throughput, note: str = ""):
     """Useful tokens/s, time to first token and p50/p99 inter-token latency per model and engine.
 
-    throughput: the serve-bench table (model, engine, tokens_per_s, ttft_p50_ms, itl_p50_ms, itl_p99_ms).
+    throughput: the serve-bench table (model, engine, tokens_per_s, ttft_p50_ms, itl_p50_ms, itl_p99_ms); note: a line
+    under the legend (the machine the numbers were measured on).
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     models = list(dict.fromkeys(throughput.model))
@@ -87,18 +69,81 @@ def plot_serving(throughput):
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
         ax.set_title(title, fontsize=9)
-    legend_below(fig, *axes[0].get_legend_handles_labels())
+    legend_below(fig, *axes[0].get_legend_handles_labels(), note=note)
+    return fig
+
+
+def plot_step_budget(plans: list, budget: int, highlight: int | None = None):
+    """Each step's token-rows by kind, against the step's budget: decode rows (one token each) and prompt chunks.
+
+    plans: serving_report.record_plans' list, one [(request_id, tokens, decode?)] per step; highlight: a request
+    whose chunks are drawn apart (the long prompt being chunked). Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    fig, (ax,) = bare_figure(1, width=9, height=3.6)
+    x = range(len(plans))
+    decode = [sum(n for _, n, d in plan if d) for plan in plans]
+    mine = [sum(n for r, n, d in plan if not d and r == highlight) for plan in plans]
+    other = [sum(n for r, n, d in plan if not d and r != highlight) for plan in plans]
+    ax.bar(x, decode, color="#08519c", label="decode rows (1 token each)")
+    ax.bar(x, other, bottom=decode, color="#9ecae1", label="prompt chunks")
+    if highlight is not None:
+        ax.bar(x, mine, bottom=[a + b for a, b in zip(decode, other)], color="#fd8d3c",
+               label=f"chunks of request {highlight}")
+    ax.axhline(budget, color="#636363", ls="--", lw=1.2, label=f"max_num_batched_tokens = {budget}")
+    ax.set(xlabel="engine step (one flat model call)", ylabel="token-rows in the call", ylim=(0, budget * 1.15),
+           title="each step's token budget: decode rows first, then prompt chunks")
+    legend_below(fig, *ax.get_legend_handles_labels(), ncol=2)
+    return fig
+
+
+def plot_ttft_vs_rate(online, note: str = ""):
+    """Time to first token (p99 solid, p50 dashed) against the request rate, per engine, one panel per model.
+
+    online: figures/serve_online.csv (model, rate, engine, ttft_p50_ms, ttft_p99_ms); rate inf = every request at
+    t = 0. Introduced in notebooks/11_continuous_batching.ipynb.
+    """
+    models = list(dict.fromkeys(online.model))
+    fig, axes = bare_figure(len(models), width=4.8, height=3.8)
+    for ax, model in zip(axes, models):
+        part = online[online.model == model]
+        rates = sorted(set(part.rate))
+        names = ["all at t=0" if r == float("inf") else f"{r:g}" for r in rates]
+        for engine in [e for e in ENGINE_COLORS if e in set(part.engine)]:
+            rows = part[part.engine == engine].set_index("rate")
+            xs = [i for i, r in enumerate(rates) if r in rows.index]
+            for col, style in (("ttft_p99_ms", "o-"), ("ttft_p50_ms", "o--")):
+                ax.plot(xs, [rows.loc[rates[i], col] for i in xs], style, color=ENGINE_COLORS[engine],
+                        alpha=1.0 if col.endswith("p99_ms") else 0.5,
+                        label=f"{engine}, {'p99' if col.endswith('p99_ms') else 'p50'}")
+        ax.set_xticks(range(len(rates)), names, fontsize=8)
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+        ax.set(xlabel="requests per second (Poisson arrivals)", ylabel="time to first token (ms)")
+        ax.set_title(f"{model}", fontsize=9)
+    handles = {}
+    for ax in axes:  # one legend entry per line kind, whichever panel drew it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    legend_below(fig, list(handles.values()), list(handles), ncol=2, note=note)
     return fig
 
 
 def save_serving_figures(results: dict, out: Path, prefix: str = "serve_") -> list[Path]:
-    """serve-bench's figures as PNG (no version stamp: same numbers, same bytes)."""
-    figs = {"throughput": plot_serving(results["throughput"]),
-            "memory": plot_layout_memory(results["memory"][results["memory"].model == results["memory"].model.iloc[0]])}
+    """serve-bench's figures as PNG (no version stamp: same numbers, same bytes); the timed ones name the CPU."""
+    meta = dict(zip(results["meta"].key, results["meta"].value)) if "meta" in results else {}
+    note = f"serve-bench on {meta['cpu']}, {meta['cpu_count']} cores, load average {meta['load_average_1m_at_end']}" \
+        if meta else ""
+    trace = results["memory_trace"]
+    first_model = trace.model.iloc[0]
+    figs = {"throughput": plot_serving(results["throughput"], note),
+            "memory": plot_memory_trace(trace[trace.model == first_model], title=f"{first_model}: KV memory per step "
+                                        "(LLMEngine, the offline workload)")}
     gantt = results["gantt"]
     first = gantt[gantt.model == gantt.model.iloc[0]]
     steps = [list(first[first.step == s].request) for s in range(first.step.max() + 1)]
     figs["gantt"] = plot_row_gantt(steps, title=f"{first.model.iloc[0]}: continuous batching, rows per step")
+    if "online" in results:
+        figs["ttft_rate"] = plot_ttft_vs_rate(results["online"], note)
     paths = []
     for name, fig in figs.items():
         path = Path(out) / f"{prefix}{name}.png"
