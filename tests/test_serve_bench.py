@@ -134,23 +134,39 @@ def test_poisson_arrivals_are_seeded_increasing_and_at_the_rate():
     assert poisson_arrivals(3, float("inf")) == [0.0, 0.0, 0.0]
 
 
+class _SimulatedClock:
+    """A clock that moves 1 ms every time it is read (and jumps on sleep): a run's timing is decided by its code
+    path, not by the machine, so a test can reason about who arrived when."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self):
+        self.t += 1e-3
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += seconds
+
+
 def test_arrivals_are_served_only_after_they_arrive_and_static_batches_wait_to_drain():
     """An engine never produces a token before its request arrived; static batching starts a batch only when idle,
     so a request arriving during a batch waits for it to drain; continuous batching lets it join at the next step.
-    Every request still gets its solo tokens either way."""
+    Every request still gets its solo tokens either way (a simulated clock: 1 ms per reading)."""
     model = cached_model()
     requests = [Request((1, 2, 3), 60), Request((4, 5), 3), Request((6,), 3)]
-    arrivals = [0.0, 0.03, 0.031]
+    arrivals = [0.0, 0.010, 0.0105]  # both arrive while request 0's 60 steps (>= 60 ms) run
     alone = tokens_alone(model, requests)
-    static = static_batching(model, requests, 4, arrivals)
-    cont = continuous_batching(LLMEngine(model, block_size=4, max_num_seqs=4), requests, arrivals)
+    static = static_batching(model, requests, 4, arrivals, clock=_SimulatedClock())
+    cont = continuous_batching(LLMEngine(model, block_size=4, max_num_seqs=4), requests, arrivals,
+                               clock=_SimulatedClock())
     for tl in (static, cont):
         assert tl.tokens == alone
         assert all(ts[0] >= a for ts, a in zip(tl.times, arrivals))
     rows = [set(s) | set(i) for s, i in zip(static.steps, static.idle)]  # rows of each static step
     assert rows[0] == {0} and rows[-1] == {1, 2}  # the first batch started alone at t = 0; 1 and 2 waited for it
-    if arrivals[1] < cont.times[0][-3]:  # request 1 arrived with request 0 still 3 steps from its end:
-        assert cont.times[1][0] <= cont.times[0][-1]  # it joined the running batch instead of waiting
+    assert max(static.times[1][0], static.times[2][0]) > static.times[0][-1]  # ... until it drained
+    assert cont.times[1][-1] < cont.times[0][-1] and cont.times[2][-1] < cont.times[0][-1]  # they joined it
 
 
 def test_wasted_row_steps_counts_what_a_batch_pays_for():

@@ -91,34 +91,41 @@ def summarize(timeline: Timeline) -> dict:
             "cpu_s": timeline.cpu_s, "tokens_per_cpu_s": useful / timeline.cpu_s if timeline.cpu_s else float("nan")}
 
 
-def _wait_until(start: float, t: float) -> None:
+class WallClock:
+    """The clock a serving run reads: time.perf_counter and time.sleep (a test passes a simulated one instead)."""
+
+    now = staticmethod(time.perf_counter)
+    sleep = staticmethod(time.sleep)
+
+
+def _wait_until(start: float, t: float, clock=WallClock) -> None:
     """Sleep until `t` seconds after `start` (an idle server waiting for its next request)."""
-    delay = start + t - time.perf_counter()
+    delay = start + t - clock.now()
     if delay > 0:
-        time.sleep(delay)
+        clock.sleep(delay)
 
 
-def static_batching(model, requests: list[Request], max_num_seqs: int = 16, arrivals=None) -> Timeline:
+def static_batching(model, requests: list[Request], max_num_seqs: int = 16, arrivals=None, clock=WallClock) -> Timeline:
     """Part I's batched generate: when idle, up to max_num_seqs ARRIVED requests in arrival order, greedy, no EOS.
 
     A batch runs until its longest request ends: every row is fed a token each step, the rows that are
     already done make tokens nobody asked for (dropped here, but paid for), and a request that arrives meanwhile
-    waits for the batch to drain. arrivals: seconds from the start (None: all at 0).
+    waits for the batch to drain. arrivals: seconds from the start (None: all at 0); clock: now() and sleep().
     Shapes: each batch (B, T) left-padded. Introduced in notebooks/11_continuous_batching.ipynb.
     """
     check_positive_int("max_num_seqs", max_num_seqs)
     generator, timeline = AutoregressiveGenerator(model), Timeline.empty(len(requests), arrivals)
-    start = last = time.perf_counter()
+    start = last = clock.now()
     cpu, first = time.process_time(), 0
     while first < len(requests):
-        _wait_until(start, timeline.arrivals[first])  # idle: the next batch starts with the next arrival
-        now = time.perf_counter() - start
+        _wait_until(start, timeline.arrivals[first], clock)  # idle: the next batch starts with the next arrival
+        now = clock.now() - start
         batch = [r for r in range(first, min(first + max_num_seqs, len(requests))) if timeline.arrivals[r] <= now]
         first += len(batch)
         wanted = [requests[r].max_new_tokens for r in batch]
         prompts = [list(requests[r].prompt) for r in batch]
         for step, ids in enumerate(generator.stream(prompts, max(wanted))):
-            now = time.perf_counter()
+            now = clock.now()
             timeline.step_s.append(now - last)
             last = now
             timeline.steps.append([r for r, n in zip(batch, wanted) if step < n])
@@ -126,11 +133,11 @@ def static_batching(model, requests: list[Request], max_num_seqs: int = 16, arri
             for r, n, token in zip(batch, wanted, ids):
                 if step < n:
                     timeline.record(r, token, now - start)
-    timeline.wall_s, timeline.cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    timeline.wall_s, timeline.cpu_s = clock.now() - start, time.process_time() - cpu
     return timeline
 
 
-def continuous_batching(engine, requests: list[Request], arrivals=None) -> Timeline:
+def continuous_batching(engine, requests: list[Request], arrivals=None, clock=WallClock) -> Timeline:
     """Serve the requests with a continuous-batching engine (add_request / step / has_unfinished), greedy.
 
     Before each step, every request that has arrived joins (arrivals: seconds from the start, None: all at 0);
@@ -138,23 +145,23 @@ def continuous_batching(engine, requests: list[Request], arrivals=None) -> Timel
     Introduced in notebooks/11_continuous_batching.ipynb.
     """
     timeline = Timeline.empty(len(requests), arrivals)
-    start = last = time.perf_counter()
+    start = last = clock.now()
     cpu, index, nxt = time.process_time(), {}, 0
     while nxt < len(requests) or engine.has_unfinished():
         if not engine.has_unfinished():
-            _wait_until(start, timeline.arrivals[nxt])
-        now = time.perf_counter() - start
+            _wait_until(start, timeline.arrivals[nxt], clock)
+        now = clock.now() - start
         while nxt < len(requests) and timeline.arrivals[nxt] <= now:  # arrivals join between steps
             index[engine.add_request(list(requests[nxt].prompt), requests[nxt].max_new_tokens)] = nxt
             nxt += 1
         outs = engine.step()
-        now = time.perf_counter()
+        now = clock.now()
         timeline.step_s.append(now - last)
         last = now
         timeline.steps.append([index[o.request_id] for o in outs])
         for o in outs:
             timeline.record(index[o.request_id], o.token, now - start)
-    timeline.wall_s, timeline.cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    timeline.wall_s, timeline.cpu_s = clock.now() - start, time.process_time() - cpu
     return timeline
 
 

@@ -81,12 +81,12 @@ def plot_flat_call(batch, names: list[str] | None = None):
     fig, (top, grid) = plt.subplots(2, 1, figsize=(1.6 + 0.62 * n, 1.9 + 0.2 * nb * bs),
                                     gridspec_kw={"height_ratios": [1.3, 0.2 * nb * bs]}, sharex=True)
     for i, (r, p) in enumerate(zip(rows, pos)):
-        top.add_patch(Rectangle((i, 0), 0.94, 1, color=COLORS[r % len(COLORS)]))
+        top.add_patch(Rectangle((i, 0), 0.94, 1, color=SEQUENCE_COLORS[r % len(SEQUENCE_COLORS)]))
         top.text(i + 0.47, 0.5, f"{names[r]}\npos {p}", ha="center", va="center", color="white", fontsize=7)
         for q in range(p + 1):  # the keys query i attends to: its own sequence's positions 0 .. p
             slot = tables[r][q // bs] * bs + q % bs
             new = slot == written[i]
-            grid.add_patch(Rectangle((i, slot), 0.94, 0.9, color=COLORS[r % len(COLORS)], alpha=1.0 if new else 0.35))
+            grid.add_patch(Rectangle((i, slot), 0.94, 0.9, color=SEQUENCE_COLORS[r % len(SEQUENCE_COLORS)], alpha=1.0 if new else 0.35))
             if new:
                 grid.text(i + 0.47, slot + 0.45, "w", ha="center", va="center", color="white", fontsize=7)
     top.set(xlim=(0, n), ylim=(0, 1), title=f"one model call: token_ids (1, {n}), every sequence's new tokens in turn")
@@ -130,7 +130,7 @@ def plot_hash_chain(sequences: dict, block_size: int, decode=None):
         for j in range(-(-len(ids) // block_size)):
             chunk = decode(list(ids[j * block_size : (j + 1) * block_size]))
             if j < len(hashes):
-                face = SHARED if hashes[j] in seen else COLORS[r % len(COLORS)]
+                face = SHARED_BLOCK_COLOR if hashes[j] in seen else SEQUENCE_COLORS[r % len(SEQUENCE_COLORS)]
                 ax.add_patch(Rectangle((j * 1.5, r), 1.15, 0.7, color=face))
                 ax.text(j * 1.5 + 0.575, r + 0.35, f"{chunk!r}\n#{hashes[j] % 10**4:04d}", ha="center", va="center",
                         color="white", fontsize=7)
@@ -148,7 +148,7 @@ def plot_hash_chain(sequences: dict, block_size: int, decode=None):
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    legend = [Patch(color=SHARED, label="hash seen in an earlier row: reusable"),
+    legend = [Patch(color=SHARED_BLOCK_COLOR, label="hash seen in an earlier row: reusable"),
               Patch(fill=False, ls="--", ec="#777777", label="partial block: not hashed yet")]
     fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
