@@ -48,6 +48,17 @@ class KVCache:
         """Store T new positions; return every key and value so far. (B, H, T, D) -> (B, H, S, D)."""
         raise NotImplementedError
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, impl: str) -> torch.Tensor:
+        """Store the T new keys and values, then attend the T queries over all S of them.
+
+        Shapes: q (B, H, T, D), k and v (B, Hkv, T, D) (keys already rotated for RoPE), mask None or
+        (B or 1, 1, T, S) bool -> (B, H, T, D). None means: T == 1 sees every key; T > 1 is the plain
+        triangle (T == S). A cache that reads keys in place or owns their positions overrides this.
+        Introduced in notebooks/04_kv_cache.ipynb.
+        """
+        k_all, v_all = self.append(k, v)  # (B, Hkv, S, D)
+        return attend(q, k_all, v_all, mask, impl, causal=mask is None and q.size(-2) > 1)
+
     def reset(self) -> None:
         """Forget every position (a static cache keeps its buffers for the next sequence)."""
         raise NotImplementedError
@@ -287,8 +298,11 @@ class KVCacheManager:
         return padded_position_ids(self.pad_lengths, self.length, t)  # (B, T)
 
     def attention_mask(self, t: int, device=None) -> torch.Tensor | None:
-        """Mask for the next t queries: None without padding (layers apply the causal mask), else (B, 1, T, S)."""
-        return None if self.pad_lengths is None else padded_attention_mask(self.pad_lengths, self.length, t)
+        """Mask for the next t queries, built once per model call: (B, 1, T, S) with padding; without, None for
+        a step (T == 1 sees everything) or a first chunk (the plain triangle), (T, S) for a later chunk."""
+        if self.pad_lengths is not None:
+            return padded_attention_mask(self.pad_lengths, self.length, t)
+        return None if t == 1 or self.length == 0 else causal_mask(t, self.length + t, device)
 
     def __repr__(self) -> str:
         return (f"KVCacheManager(kind={self.kind!r}, layers={len(self.layer_caches)}, batch_size={self.batch_size}, "
@@ -305,16 +319,11 @@ class CachedCausalSelfAttention(CausalSelfAttention):
     Introduced in notebooks/04_kv_cache.ipynb.
     """
 
-    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None):
+    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None, rope=None):
         if kv_cache is None:
-            return super().forward(x, mask)
+            return super().forward(x, mask, rope)
         if kv_cache.length != position:  # a cache shared between layers, or a skipped/repeated step
             raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
                              "each layer must write at its own cache's length")
-        t = x.size(1)
-        q, k, v = self.split_heads(x)  # (B, H, T, D)
-        k_all, v_all = kv_cache.append(k, v)  # (B, H, S, D), S = position + T
-        causal = mask is None and position == 0  # a prompt into an empty cache: the plain triangle, S == T
-        if mask is None and t > 1 and not causal:  # a later chunk: built for this call (a step needs none)
-            mask = causal_mask(t, position + t, x.device)  # (T, S)
-        return self.merge_heads(attend(q, k_all, v_all, mask, self.impl, causal))  # (B, T, C)
+        q, k, v = self.split_heads(x, rope)  # (B, H, T, D), (B, Hkv, T, D): keys rotated before they are stored
+        return self.merge_heads(kv_cache.attend(q, k, v, mask, self.impl))  # (B, T, C)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..kv_cache import check_crop_length
+from ..kv_cache import KVCache, check_crop_length
 from .blocks import BlockAllocator, NoFreeBlocksError, block_hash
 
 
@@ -239,6 +239,8 @@ class PagedLayer:
 
     def __init__(self, batch: PagedBatch, layer_idx: int) -> None:
         self.batch, self.layer_idx, self.length = batch, layer_idx, batch.length
+
+    attend = KVCache.attend  # store through `append`, then attend over the gathered keys (the batch's mask)
 
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, T, D) new keys/values -> (B, H, S, D) every key/value row b may see (padding masked)."""
