@@ -48,10 +48,13 @@ def decode_graph(model, next_ids, position, pad, keys, values):
     visible = (slots[None, :] <= position) & (slots[None, :] >= pad[:, None])  # (B, capacity)
     mask = visible[:, None, None, :]  # (B, 1, T=1, capacity)
     pos = (position[None, :] - pad[:, None]).clamp(min=0)  # (B, 1): as padded_position_ids
-    x = model.token_embedding(next_ids) + model.position_embedding(pos)  # (B, 1, C)
+    x = model.token_embedding(next_ids)  # (B, 1, C)
+    rope = model.rotary(pos, x.dtype) if model.config.positions == "rope" else None  # as MiniGPTInferenceModel._run
+    if rope is None:
+        x = x + model.position_embedding(pos)  # (B, 1, C)
     for block, k_buf, v_buf in zip(model.blocks, keys, values):
         attn = block.attn
-        q, k, v = attn.split_heads(block.ln_1(x))  # (B, H, 1, D), (B, Hkv, 1, D)
+        q, k, v = attn.split_heads(block.ln_1(x), rope)  # (B, H, 1, D), (B, Hkv, 1, D)
         k_buf.index_copy_(2, position, k)  # in place, at a tensor position: the same graph for every step
         v_buf.index_copy_(2, position, v)
         x = x + attn.merge_heads(attend(q, k_buf, v_buf, mask, attn.impl))  # TransformerBlock's two residuals

@@ -13,10 +13,11 @@ import torch
 
 from .batching import check_token_ids, pad_prompts, prompt_rows
 from .compiled import CompiledDecoder, graph_capacity
-from .context import check_context_length, check_context_policy, sliding_forward
+from .context import check_context_length, check_context_policy, check_sinks, sliding_forward
 from .kv_cache import CACHE_KINDS, KVCacheManager
 from .model import MiniGPTInferenceModel
 from .sampling import Sampler, greedy, seen_mask
+from .sinks import check_sinks_model, sink_forward
 from .validation import check_int, fail_type
 
 
@@ -36,7 +37,7 @@ class GenerationStats:
     stop_reasons: list
     use_cache: bool
     cache_kind: str
-    slides: int = 0  # context slides (re-prefills of the window) under context_policy="slide"
+    slides: int = 0  # context slides (re-prefills of the window) under "slide", evicting steps under "sinks"
 
     n_prompt_tokens = property(lambda self: sum(self.prompt_lengths))
     n_new_tokens = property(lambda self: sum(self.new_lengths))
@@ -79,7 +80,8 @@ class AutoregressiveGenerator:
     Shapes: a prompt is list[int] or a (T,) LongTensor -> list[int] (prompt + new tokens); a batch is a
     list of prompts (or a (B, T) tensor) -> a list of such lists, unpadded, each stopped at its own EOS.
     context_policy "refuse" (default) rejects prompt + max_new_tokens > block_size; "slide" keeps the last
-    `window` tokens when the context is full and goes on (kvgpt/context.py). compile=True (or "inductor") runs
+    `window` tokens when the context is full and goes on (kvgpt/context.py); "sinks" (RoPE models) keeps the
+    first `sinks` tokens and the last `window` with no re-prefill (kvgpt/sinks.py). compile=True (or "inductor") runs
     every decode step as one torch.compile graph, compile="aot" as one AOTInductor C++ function (torch >= 2.6)
     (kvgpt/compiled.py; static cache only; the first call per batch size and capacity compiles, seconds, then
     it is reused).
@@ -87,11 +89,19 @@ class AutoregressiveGenerator:
     Introduced in notebooks/05_decoding.ipynb.
     """
 
-    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False):
+    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False,
+                 sinks: int | None = None):
         if not isinstance(model, MiniGPTInferenceModel):  # else the first generate fails on a missing attribute
             fail_type("model", model, "a kvgpt MiniGPTInferenceModel")
         self.model = model
-        self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
+        self.window = check_context_policy(context_policy, window, model.config.block_size, sinks)  # None: refuse
+        self.sinks = None
+        if context_policy == "sinks":
+            check_sinks_model(model.config)
+            self.sinks = check_sinks(sinks, model.config.block_size)
+            if compile is not False:
+                raise ValueError("compile: a compiled step writes a fixed slot per step; context_policy='sinks' "
+                                 "moves the kept keys, so it runs eager steps only")
         self.compiled = None if compile is False else CompiledDecoder(model, _compile_backend(compile))
         self.last_stats: GenerationStats | None = None
 
@@ -182,6 +192,8 @@ class AutoregressiveGenerator:
         """-> forward(next_ids): logits (B, V) of the last position. The first call (None) runs the prompt."""
         model, (b, t0) = self.model, job.ids.shape
         step = model.forward_step if self.compiled is None else self.compiled.trusted_step  # (ids, position, cache)
+        if self.sinks is not None:
+            return sink_forward(model, job, self.sinks, self.window, step)
         if self.window is not None:
             return sliding_forward(model, job, self.window, step)
         if job.use_cache:  # sized to exactly this generation; compiled: rounded up, one graph per capacity
@@ -238,6 +250,12 @@ class AutoregressiveGenerator:
             raise ValueError(f"use_cache={use_cache!r}: must be True (KV cache) or False (recompute every step)")
         if cache_kind not in CACHE_KINDS:
             raise ValueError(f"cache_kind={cache_kind!r}: must be one of {CACHE_KINDS}")
+        if self.sinks is not None and not use_cache:
+            raise ValueError("use_cache=False with context_policy='sinks': the policy IS a cache (its kept keys were "
+                             "computed in the context they had then); recomputing the kept tokens is another model")
+        if self.sinks is not None and cache_kind == "int8":
+            raise ValueError("cache_kind='int8' with context_policy='sinks': every eviction re-rotates the kept keys, "
+                             "which would re-quantize them each time; use 'static' or 'dynamic'")
         if self.compiled is not None and (not use_cache or cache_kind != "static"):
             raise ValueError(f"use_cache={use_cache}, cache_kind={cache_kind!r}: a generator built with compile=True "
                              "decodes from a static cache (use_cache=True, cache_kind='static')")
