@@ -124,6 +124,6 @@ class CausalSelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h * d))  # (B, T, C)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope=None) -> torch.Tensor:
-        """Attend over all T positions of x; `mask` (B or 1, 1, T, T) overrides the causal one; `rope` as split_heads."""
+        """Attend over all T positions of x; `mask` (B or 1, 1, T, T) overrides the causal one; `rope`: split_heads."""
         q, k, v = self.split_heads(x, rope)  # (B, H, T, D)
         return self.merge_heads(attend(q, k, v, mask, self.impl, causal=mask is None))  # (B, T, C)

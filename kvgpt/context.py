@@ -35,7 +35,7 @@ def check_context_policy(policy: str, window, block_size: int, sinks=None):
         raise ValueError(f"sinks={sinks!r}: only the 'sinks' policy takes a number of sink tokens")
     if policy == "refuse":
         if window is not None:
-            raise ValueError(f"window={window!r}: only the 'slide' and 'sinks' policies take a window")
+            raise ValueError(f"window={window!r}: only the 'slide' policy (and 'sinks') takes a window")
         return None
     if policy == "sinks":
         room = block_size - check_sinks(sinks, block_size)

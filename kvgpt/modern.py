@@ -32,6 +32,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the other layout, channel 2i pairs with 2i + 1 (Meta's
+    original Llama code, GPT-J, vLLM's is_neox_style=False). Its cos/sin repeat each angle twice in a row.
+
+    Shapes: (..., D) -> (..., D). Introduced in notebooks/16_modern_models.ipynb.
+    """
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., D/2) each
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate every channel pair (i, i + D/2) of x by its angle position * frequency_i.
 
