@@ -83,7 +83,7 @@ def test_round_trip_through_a_saved_folder_is_exact(smollm, smollm_dir):
     assert ours.keys() == back.keys() and all(torch.equal(ours[k], back[k]) for k in ours)
     assert loaded.lm_head.weight is loaded.token_embedding.embedding.weight  # tied again, one tensor
     saved = load_file(str(smollm_dir / "model.safetensors"))
-    assert "model.layers.1.self_attn.k_proj.weight" in saved and saved["model.layers.1.self_attn.k_proj.weight"].shape == (192, 576)
+    assert saved["model.layers.1.self_attn.k_proj.weight"].shape == (192, 576)  # HF's names, 3 K/V heads of 64
 
 
 @st.composite

@@ -187,7 +187,8 @@ def test_rmsnorm_and_swiglu_equal_transformers_llama_modules():
 
 @settings(max_examples=30)
 @given(n_layers=st.integers(1, 3), heads=st.sampled_from([(4, 4), (4, 2), (4, 1), (2, 2), (6, 3)]),
-       head_dim=st.sampled_from([2, 4, 8]), b=st.integers(1, 3), chunks=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+       head_dim=st.sampled_from([2, 4, 8]), b=st.integers(1, 3),
+       chunks=st.lists(st.integers(1, 9), min_size=1, max_size=4),
        steps=st.integers(0, 12), kind=st.sampled_from(["static", "dynamic", "int8-exact"]),
        impl=st.sampled_from(["sdpa", "manual"]), seed=st.integers(0, 2**16))
 @torch.no_grad()
