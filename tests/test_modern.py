@@ -290,3 +290,20 @@ def test_rope_compiled_step_equals_eager():
     graph = gen.generate(prompts, 20, return_logits=True)
     assert graph[0] == eager[0]
     assert all(relative(a, b) <= 1e-5 for a, b in zip(graph[1], eager[1]))
+
+
+@torch.no_grad()
+def test_attention_weights_plot_rotates_like_the_model():
+    """kvgpt.plots.attention_weights on a RoPE GQA model: weights @ values reproduce the layer's attention."""
+    from kvgpt.plots import attention_weights
+
+    model = random_model(rope_config(n_layers=2))
+    ids = torch.randint(0, 67, (1, 12), generator=torch.Generator().manual_seed(0))
+    attn, seen = model.blocks[1].attn, []
+    handle = attn.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    model(ids)
+    handle.remove()
+    x, out = seen[0]
+    _, _, v = attn.split_heads(x)
+    w = attention_weights(model, ids, layer=1)  # (1, H, T, T)
+    assert torch.allclose(attn.merge_heads(w @ v.repeat_interleave(2, dim=1)), out, atol=1e-5)
