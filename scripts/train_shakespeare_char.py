@@ -51,6 +51,19 @@ Grouped-query uptraining (notebooks/12_smaller_caches.ipynb)
     with the same recipe (usually a shorter, gentler schedule; the shipped runs' flags are in
     their config.json ``training.argv``). Model-shape flags are taken from DIR.
 
+Llama-style architecture (notebooks/16_modern_models.ipynb)
+    ``--positions rope --norm rms --mlp swiglu --no-bias`` (plus ``--rope-theta``, ``--norm-eps``,
+    ``--mlp-hidden``, ``--no-tie-embeddings``) train the same model class with RoPE, RMSNorm and a SwiGLU MLP;
+    everything else in the recipe is unchanged. The shipped ``shakespeare-char-llama``::
+
+        python scripts/train_shakespeare_char.py --positions rope --norm rms --mlp swiglu --mlp-hidden 416 \
+            --n-kv-heads 2 --no-bias --threads 1 --out-dir runs/shakespeare_char_llama \
+            --export-dir kvgpt/data/shakespeare-char-llama
+
+    (4 layers x 128, 4 query heads sharing 2 K/V heads, SwiGLU 416, tied head: 846,976 parameters; its
+    config.json ``training`` block has the wall time and history. ``--threads 1`` because the machine was
+    shared: two OpenMP threads stall whenever another process holds a core.)
+
 Rerun from scratch::
 
     python scripts/prepare_shakespeare.py && python scripts/train_shakespeare_char.py
