@@ -11,12 +11,10 @@ batching LLMEngine, vLLM (its own RoPE kernel, rotate_half layout: is_neox_style
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 
-import _common as c
-from parity import first_mismatch, kvgpt_tokens
+import parity
+from parity import compare
 
 # SmolLM-135M's config.json under kvgpt's names (HuggingFaceTB/SmolLM-135M)
 SMOLLM_SHAPE = dict(vocab_size=49152, n_layers=30, n_heads=9, n_kv_heads=3, d_model=576, block_size=2048,
@@ -46,43 +44,13 @@ def check_model(name: str) -> dict:
     model = build(name)
     cfg = model.config
     requests = ragged_workload(vocab_size=cfg.vocab_size, block_size=cfg.block_size, seed=0, **WORKLOADS[name])
-    started = time.perf_counter()
-    engines = kvgpt_tokens(model, requests)
-    kvgpt_s = time.perf_counter() - started
-    with c.scratch() as d:
-        c.export(model, c.Path(d))  # to_hf(): a LlamaForCausalLM folder
-        started = time.perf_counter()
-        llm = c.make_llm(c.Path(d), min(cfg.block_size, 512))
-        load_s = time.perf_counter() - started
-        engines["vLLM"] = c.vllm_generate(llm, requests)
-        del llm
-    ref_name = next(iter(engines))
-    ref = engines[ref_name]
-    verdicts = {k: first_mismatch(ref, v) for k, v in engines.items() if k != ref_name}
-    result = {"workload": WORKLOADS[name], "config": cfg.to_dict(), "requests": len(requests),
-              "prompt_lengths": [len(r.prompt) for r in requests], "new_tokens": sum(len(t) for t in ref),
-              "reference": ref_name, "equal": {k: v is None for k, v in verdicts.items()},
-              "first_mismatch": {k: v for k, v in verdicts.items() if v is not None},
-              "kvgpt_seconds": round(kvgpt_s, 1), "vllm_startup_seconds": round(load_s, 1),
-              "first_request_tokens": ref[0][:16]}
-    print(f"parity {name}: {len(requests)} requests, {result['new_tokens']} tokens: "
-          + ", ".join(f"{k} {'==' if v is None else '!='} reference" for k, v in verdicts.items()), file=sys.stderr)
-    return result
+    return compare(name, model, requests, {"workload": WORKLOADS[name], "config": cfg.to_dict()},
+                   min(cfg.block_size, 512))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--out", default=str(c.FIGURES / "vllm_parity_llama.json"))
-    args = parser.parse_args(argv)
-    results = {name: check_model(name) for name in args.models}
-    ok = all(all(r["equal"].values()) for r in results.values())
-    c.write_json(c.Path(args.out), {"all_equal": ok, "models": results, "versions": c.versions(),
-                                    "engine_args": {**c.ENGINE_ARGS, "kvgpt block_size": c.KVGPT_BLOCK_SIZE,
-                                                    "vllm block_size": c.VLLM_BLOCK_SIZE},
-                                    "command": "PYTHONPATH=. .venv-vllm/bin/python peers/vllm/parity_llama.py"})
-    print("parity: " + ("all engines gave identical greedy tokens" if ok else "TOKENS DIFFER (see the JSON)"))
-    return 0 if ok else 1
+    return parity.main(argv, tuple(WORKLOADS), check_model, "vllm_parity_llama.json",
+                       "PYTHONPATH=. .venv-vllm/bin/python peers/vllm/parity_llama.py", __doc__)
 
 
 if __name__ == "__main__":
