@@ -58,6 +58,17 @@ class SinkCacheManager(KVCacheManager):
     def make_room(self, t: int) -> int:
         """Evict so that t new tokens per row leave at most sinks + window real tokens. -> slots freed (0: none)."""
         keep = self.sinks + self.window
+        if self.pad_lengths is None:  # every row holds `length` tokens: one n for all, moved in place
+            n = self.length + t - keep
+            if n <= 0:
+                return 0
+            if n > self.length - self.sinks:
+                raise ValueError(f"{t} new tokens do not fit beside {self.sinks} sinks in a window of {self.window}")
+            end = self.length  # read once: `length` is layer 0's, which the loop shortens
+            for cache in self.layer_caches:
+                self._shift_window(cache, n, end)
+            self.evicted += n
+            return n
         real = self.real_lengths()  # (B,)
         evict = (real + t - keep).clamp(min=0)  # (B,) n_b
         if not bool(evict.any()):
@@ -75,14 +86,26 @@ class SinkCacheManager(KVCacheManager):
         source = torch.where(slot[None, :] < new_pads[:, None], 0, source)  # padding: any slot, masked anyway
         shift = torch.where(slot[None, :] >= first_window[:, None], -evict[:, None], 0)  # (B, S') positions moved
         for cache in self.layer_caches:
-            self._move(cache, source, shift)
+            self._gather_rows(cache, source, shift)
         self.pad_lengths = None if self.pad_lengths is None and not bool(new_pads.any()) else new_pads.to(
             self.layer_caches[0].keys.device)
         self.evicted += n
         return n
 
-    def _move(self, cache, source: torch.Tensor, shift: torch.Tensor) -> None:
-        """Gather one layer's kept slots in order and rotate the moved window keys by their -n_b positions."""
+    def _shift_window(self, cache, n: int, end: int) -> None:
+        """Drop the n oldest window slots of one layer: the rest of the window moves down n slots, and n
+        positions, so its keys turn by -n * theta_i (one rotation of the kept window per eviction)."""
+        k, v = cache.keys, cache.values  # (B, Hkv, S, D) views of the filled slots
+        s = self.sinks
+        angles = -n * self._inv_freq.to(k.device)  # (D/2,)
+        emb = torch.cat((angles, angles))  # (D,): pair i is channels i and i + D/2
+        k[:, :, s:end - n] = apply_rope(k[:, :, s + n:end], emb.cos().to(k.dtype), emb.sin().to(k.dtype))
+        v[:, :, s:end - n] = v[:, :, s + n:end].clone()  # overlapping ranges: copy out first
+        cache.crop(end - n)
+
+    def _gather_rows(self, cache, source: torch.Tensor, shift: torch.Tensor) -> None:
+        """Left-padded rows evict different numbers n_b: gather each row's kept slots in order and rotate the
+        moved window keys by their -n_b positions."""
         k, v = cache.keys, cache.values  # (B, Hkv, S, D)
         b, h, _, d = k.shape
         index = source.to(k.device)[:, None, :, None].expand(b, h, -1, d)  # (B, Hkv, S', D)
