@@ -88,8 +88,8 @@ def main() -> int:
             "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     (a.out_dir / "modern_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     note = f"{len(text):,} held-out chars; {cpu}, {a.threads} thread(s); load average {meta['load_average_end'][0]}"
-    plot_stream_losses(pd.DataFrame(curves), a.bin, note, block).savefig(a.out_dir / "modern_losses.png", dpi=100,
-                                                                         metadata={"Software": None})
+    fig = plot_stream_losses(pd.DataFrame(curves), a.bin, note, block, baseline=RUNS[3][0])
+    fig.savefig(a.out_dir / "modern_losses.png", dpi=100, metadata={"Software": None})
     print(f"wrote {a.out_dir}/modern_losses.csv|png, modern_policies.csv, modern_speed.csv, modern_meta.json "
           f"({meta['wall_s']} s)")
     return 0

@@ -58,3 +58,16 @@ def test_sinks_refuse_a_learned_position_model_and_bins_average():
     assert binned(torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0]), 2) == [2.0, 6.0, 9.0]
     speeds = decode_speed({"gpt2": model(), "llama": model(**ROPE)}, [1, 2, 3], 5, repeats=1)
     assert set(speeds) == {"gpt2", "llama"} and all(v > 0 for v in speeds.values())
+
+
+def test_plots_draw_one_panel_per_pair_and_a_difference_panel():
+    import pandas as pd
+
+    from kvgpt.plots.modern import plot_rope_rotation, plot_stream_losses
+
+    assert len(plot_rope_rotation(head_dim=16, pairs=(0, 7)).axes) == 2
+    curves = pd.DataFrame({"label": ["a", "a", "b", "b"], "bin": [0, 1, 0, 1], "loss": [1.0, 2.0, 1.5, 2.5]})
+    fig = plot_stream_losses(curves, 10, baseline="a")
+    diff = fig.axes[1].lines[-1].get_ydata()  # b minus a
+    assert len(fig.axes) == 2 and list(diff) == [0.5, 0.5]
+    assert len(plot_stream_losses(curves, 10).axes) == 1

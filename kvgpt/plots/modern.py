@@ -39,8 +39,9 @@ def plot_rope_rotation(head_dim: int = 32, theta: float = 10000.0, pairs=(0, 3, 
     return fig
 
 
-def plot_stream_losses(curves, width: int, note: str = "", block_size: int | None = None):
-    """Binned loss (nats per token) against position in the text, one line per (model, policy) row.
+def plot_stream_losses(curves, width: int, note: str = "", block_size: int | None = None, baseline: str | None = None):
+    """Binned loss (nats per token) against position in the text, one line per run; with `baseline` (a label),
+    a second panel shows each run minus that run, bin by bin (the text's own difficulty cancels out).
 
     `curves`: a DataFrame with columns label, bin (0, 1, ...), loss; bins of `width` predictions. A dotted
     line marks block_size, where every policy starts evicting or re-prefilling.
@@ -48,14 +49,23 @@ def plot_stream_losses(curves, width: int, note: str = "", block_size: int | Non
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    panels = 2 if baseline else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 3.6 * panels), squeeze=False, sharex=True)
+    ref = curves[curves["label"] == baseline].set_index("bin")["loss"] if baseline else None
     for label, rows in curves.groupby("label", sort=False):
-        _ = ax.plot(((rows["bin"] + 0.5) * width).tolist(), rows["loss"].tolist(), marker="o", ms=3, label=label)
-    if block_size:
-        _ = ax.axvline(block_size, color="grey", ls=":", lw=1)
-    ax.set(xlabel="position in the held-out text (characters)", ylabel=f"mean loss per {width} tokens (nats)",
-           title="Long text through a fixed-size cache: loss per position" + (f"\n{note}" if note else ""))
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
+        x = ((rows["bin"] + 0.5) * width).tolist()
+        _ = axes[0, 0].plot(x, rows["loss"].tolist(), marker="o", ms=3, label=label)
+        if baseline:
+            _ = axes[1, 0].plot(x, (rows.set_index("bin")["loss"] - ref).tolist(), marker="o", ms=3, label=label)
+    for ax in axes[:, 0]:
+        if block_size:
+            _ = ax.axvline(block_size, color="grey", ls=":", lw=1)
+    axes[0, 0].set(ylabel=f"mean loss per {width} tokens (nats)",
+                   title="Long text through a fixed-size cache: loss per position" + (f"\n{note}" if note else ""))
+    axes[0, 0].title.set_fontsize(9)
+    axes[0, 0].legend(fontsize=7)
+    if baseline:
+        axes[1, 0].set(ylabel=f"minus {baseline.split(')')[0]})")
+    axes[-1, 0].set(xlabel="position in the held-out text (characters)")
     fig.tight_layout()
     return fig
