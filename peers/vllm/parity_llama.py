@@ -2,6 +2,7 @@
 kvgpt's greedy tokens for a batch of ragged prompts.
 
     PYTHONPATH=. .venv-vllm/bin/python peers/vllm/parity_llama.py [--models ...] [--out figures/vllm_parity_llama.json]
+    (make vllm-parity runs it after peers/vllm/parity.py)
 
 Models: the embedded shakespeare-char-llama (RoPE + RMSNorm + SwiGLU, 2 K/V heads) and a seeded random model of
 SmolLM-135M's shape (30 layers x 576, 9 query heads sharing 3 K/V heads, SwiGLU 1536, vocab 49152, tied; GPT-2
