@@ -125,7 +125,7 @@ $(VLLM_VENV)/.installed:
 vllm-env: $(VLLM_VENV)/.installed
 
 vllm-parity: vllm-env
-	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/parity.py; \
+	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/parity.py && PYTHONPATH=. $(VLLM_PY) peers/vllm/parity_llama.py; \
 	else echo "vllm-parity: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
 
 # the thread counts kvgpt's serve-bench uses (kvgpt.linear.recommended_threads): 1 for the embedded model, 2 for

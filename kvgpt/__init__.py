@@ -12,10 +12,11 @@ Shape legend, used as trailing comments throughout the package and the notebooks
 Chapter map (module -> notebooks/NN_*.ipynb):
     config, validation (01) · embeddings (02) · attention (03) · kv_cache, cache_manager, model (04) ·
     generation, requests (05) · sampling, widgets (06) · batching (07) · benchmark/ (08) · linear, compiled (08b) ·
-    tokenizer, hf, pretrained (09) · serving/blocks, serving/paged, serving/engine (10) ·
+    tokenizer, hf, pretrained (09) · serving/blocks, serving/paged, serving/paged_batch, serving/engine (10) ·
     serving/scheduler, benchmark/serving (11) · gqa, quantized_cache, evaluation (12) ·
     speculative, drafting, context (13) · online_softmax, paged_attention, paged_kernel (14) ·
     export, serving/server, serving/loop, serving/api, serving/routes, serving/metrics (15) ·
+    modern, hf_llama, sinks, benchmark/streaming (16) ·
     plots/ draws every chapter's figures.
 """
 

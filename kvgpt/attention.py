@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import ModelConfig, check_config
 from .linear import Linear
+from .modern import apply_rope
 
 # SDPA repeats K/V heads for grouped-query attention itself from torch 2.5 on; older torch gets them repeated here
 SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -86,15 +87,24 @@ class CausalSelfAttention(nn.Module):
         self.n_kv_heads = config.kv_heads
         self.impl = config.attn_impl
         kv_width = self.n_kv_heads * self.head_dim  # = C for multi-head attention: GPT-2's 3C outputs
-        self.qkv_proj = Linear(config.d_model, config.d_model + 2 * kv_width)  # GPT-2's c_attn: q | k | v
-        self.out_proj = Linear(config.d_model, config.d_model)  # GPT-2's c_proj
+        # GPT-2's c_attn (q | k | v) and c_proj; Llama's q/k/v_proj fused the same way, o_proj (no biases)
+        self.qkv_proj = Linear(config.d_model, config.d_model + 2 * kv_width, bias=config.bias)
+        self.out_proj = Linear(config.d_model, config.d_model, bias=config.bias)
         # no (block_size, block_size) mask buffer: SDPA's is_causal needs none, other cases build (T, S) per call
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project x to queries, keys and values, one slice of D channels per head.
+    def split_heads(self, x: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x to queries, keys and values, one slice of D channels per head; with `rope` = (cos, sin)
+        (each (B or 1, 1, T, D), kvgpt/modern.py) rotate q and k by their positions: the keys a cache stores
+        are the rotated ones.
 
         Shapes: x (B, T, C) -> q (B, H, T, D), k and v (B, Hkv, T, D).
         """
+        q, k, v = self._project(x)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, H, T, D), (B, Hkv, T, D)
+        return q, k, v
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, c = x.shape
         if self.n_kv_heads == self.n_heads:
             qkv = self.qkv_proj(x).view(b, t, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
@@ -112,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         b, h, t, d = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h * d))  # (B, T, C)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend over all T positions of x; `mask` (B or 1, 1, T, T) overrides the causal one."""
-        q, k, v = self.split_heads(x)  # (B, H, T, D)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope=None) -> torch.Tensor:
+        """Attend over all T positions of x; `mask` (B or 1, 1, T, T) overrides the causal one; `rope`: split_heads."""
+        q, k, v = self.split_heads(x, rope)  # (B, H, T, D)
         return self.merge_heads(attend(q, k, v, mask, self.impl, causal=mask is None))  # (B, T, C)

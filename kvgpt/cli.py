@@ -3,6 +3,7 @@
 
     python -m kvgpt generate --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0
     python -m kvgpt generate --max-new-tokens 1000 --context-policy slide --window 192   # past the context
+    python -m kvgpt generate --model shakespeare-char-llama --max-new-tokens 1000 --context-policy sinks --sinks 4
     python -m kvgpt generate --temperature 0 --draft shakespeare-char-draft --draft-k 4   # speculative
 
 The text (prompt, then each new token as soon as it is chosen) goes to stdout; the one-line summary
@@ -20,6 +21,7 @@ import os
 import sys
 
 from .cache_manager import CACHE_KINDS
+from .context import DEFAULT_SINKS
 from .pretrained import DEFAULT_MODEL, available_models, load_pretrained
 from .tokenizer import TextStream as _TextStream
 
@@ -60,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads; auto: 1 for a model under 16 MiB, else every core (default: auto)")
     g.add_argument("--linear-backend", choices=("auto", "mkl", "onednn"), default="auto",
                    help="matrix products on MKL or oneDNN; auto: oneDNN where MKL has no fast path (default: auto)")
-    g.add_argument("--context-policy", choices=("refuse", "slide"), default="refuse",
-                   help="past the model's context: refuse, or slide (keep the last --window tokens; default: refuse)")
-    g.add_argument("--window", type=int, default=None, help="tokens a slide keeps (default: half the context)")
+    g.add_argument("--context-policy", choices=("refuse", "slide", "sinks"), default="refuse",
+                   help="past the model's context: refuse, slide (keep the last --window tokens, re-prefill) or "
+                        "sinks (RoPE models: keep the first --sinks and the last --window, no re-prefill; "
+                        "default: refuse)")
+    g.add_argument("--window", type=int, default=None,
+                   help="tokens a slide keeps (default: half the context) or sinks keep (default: context - sinks)")
+    g.add_argument("--sinks", type=int, default=None,
+                   help=f"with --context-policy sinks: first tokens kept (default: {DEFAULT_SINKS})")
     g.add_argument("--draft", default=None,
                    help="speculative decoding: 'ngram' (prompt lookup) or a draft model name/directory (default: off)")
     g.add_argument("--draft-k", type=int, default=None, help="draft tokens per target pass (default: 4)")
@@ -121,8 +128,10 @@ def _int_flag(value: str) -> int:
 def _check_combinations(args, sampler) -> None:
     """A flag that would do nothing is refused, naming it (else a typo'd combination runs as if it were not given);
     then the defaults that depend on other flags are filled in."""
-    unused = [("--window", args.window is not None and args.context_policy != "slide",
-               "only --context-policy slide keeps a window"),
+    unused = [("--window", args.window is not None and args.context_policy == "refuse",
+               "only --context-policy slide or sinks keeps a window"),
+              ("--sinks", args.sinks is not None and args.context_policy != "sinks", "only --context-policy sinks "
+               "keeps sink tokens"),
               ("--draft-k", args.draft_k is not None and args.draft is None, "drafting needs --draft"),
               ("--cache-kind", args.cache_kind is not None and args.no_cache, "--no-cache keeps no KV cache"),
               ("--top-k", args.top_k is not None and args.temperature == 0, "--temperature 0 is greedy"),
@@ -172,9 +181,11 @@ def _setup(args):
     if args.draft is not None:
         generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
     else:
-        _flag("--window", check_context_policy, args.context_policy, args.window, model.config.block_size)
+        if args.sinks is not None:  # the error names the flag the user typed
+            _flag("--sinks", check_context_policy, args.context_policy, None, model.config.block_size, args.sinks)
+        _flag("--window", check_context_policy, args.context_policy, args.window, model.config.block_size, args.sinks)
         generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window,
-                                            compile=args.compile or False)
+                                            compile=args.compile or False, sinks=args.sinks)
         stream = generator.stream(prompt, args.max_new_tokens, sampler, use_cache=not args.no_cache,
                                   cache_kind=args.cache_kind, eos_token_id=tokenizer.eos_token_id)
     with torch.inference_mode():  # warm-up: torch's one-off first-call costs would otherwise count as prefill
@@ -245,6 +256,9 @@ def summary(stats, args, interrupted: bool = False) -> str:
                 f"{cache} | {args.model} on {args.device}")
     if args.context_policy == "slide":
         cache += f", slide window {args.window or 'block_size // 2'}: {stats.slides} slides"
+    if args.context_policy == "sinks":
+        sinks = DEFAULT_SINKS if args.sinks is None else args.sinks
+        cache += f", {sinks} sinks + window {args.window or 'the rest'}: {stats.slides} evicting steps"
     return (f"[kvgpt] {stats.n_new_tokens} new tokens after {stats.n_prompt_tokens} prompt tokens{stop} | "
             f"prefill {stats.prefill_ms:.1f} ms | decode {stats.decode_tokens_per_s:.1f} tokens/s | "
             f"{cache}{_compiled(stats, args)} | {args.model} on {args.device}")

@@ -24,7 +24,7 @@ from .batching import padded_attention_mask, padded_position_ids
 from .cache_manager import KVCacheManager
 from .kv_cache import KVCache, StaticKVCache
 from .model import check_model
-from .validation import check_choice, fail_type
+from .validation import check_choice
 
 CAPACITY_FLOOR = 64  # smallest compiled cache: shorter generations share one graph instead of one each
 

@@ -14,10 +14,11 @@ import torch
 from .batching import pad_prompts
 from .cache_manager import CACHE_KINDS, KVCacheManager
 from .compiled import CompiledDecoder, graph_capacity
-from .context import SlidingWindow, check_context_length, check_context_policy
+from .context import SlidingWindow, check_context_length, check_context_policy, check_sinks
 from .model import check_model
 from .requests import CheckedRequest, RowSampler, check_request
 from .sampling import Sampler
+from .sinks import SinkWindow, check_sinks_model
 from .validation import check_bool, check_choice
 
 
@@ -37,7 +38,7 @@ class GenerationStats:
     stop_reasons: list
     use_cache: bool
     cache_kind: str
-    slides: int = 0  # context slides (re-prefills of the window) under context_policy="slide"
+    slides: int = 0  # context slides (re-prefills of the window) under "slide", evicting steps under "sinks"
 
     n_prompt_tokens = property(lambda self: sum(self.prompt_lengths))
     n_new_tokens = property(lambda self: sum(self.new_lengths))
@@ -116,7 +117,8 @@ class AutoregressiveGenerator:
     Shapes: a prompt is list[int] or a (T,) LongTensor -> list[int] (prompt + new tokens); a batch is a
     list of prompts (or a (B, T) tensor) -> a list of such lists, unpadded, each stopped at its own EOS.
     context_policy "refuse" (default) rejects prompt + max_new_tokens > block_size; "slide" keeps the last
-    `window` tokens when the context is full and goes on (kvgpt/context.py). compile=True (or "inductor") runs
+    `window` tokens when the context is full and goes on (kvgpt/context.py); "sinks" (RoPE models) keeps the
+    first `sinks` tokens and the last `window` with no re-prefill (kvgpt/sinks.py). compile=True (or "inductor") runs
     every decode step as one torch.compile graph, compile="aot" as one AOTInductor C++ function (torch >= 2.6)
     (kvgpt/compiled.py; static cache only; the first call per batch size and capacity compiles, seconds, then
     it is reused).
@@ -124,9 +126,17 @@ class AutoregressiveGenerator:
     Introduced in notebooks/05_decoding.ipynb.
     """
 
-    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False):
+    def __init__(self, model, context_policy: str = "refuse", window: int | None = None, compile=False,
+                 sinks: int | None = None):
         self.model = check_model("model", model)  # else the first generate fails on a missing attribute
-        self.window = check_context_policy(context_policy, window, model.config.block_size)  # None: refuse
+        self.window = check_context_policy(context_policy, window, model.config.block_size, sinks)  # None: refuse
+        self.sinks = None
+        if context_policy == "sinks":
+            check_sinks_model(model.config)
+            self.sinks = check_sinks(sinks, model.config.block_size)
+            if compile is not False:
+                raise ValueError("compile: a compiled step writes a fixed slot per step; context_policy='sinks' "
+                                 "moves the kept keys, so it runs eager steps only")
         self.compiled = None if compile is False else CompiledDecoder(model, _compile_backend(compile))
         self.last_stats: GenerationStats | None = None
 
@@ -222,6 +232,8 @@ class AutoregressiveGenerator:
         """How the model is fed: -> an object with prompt() and token(next_ids), each -> logits (B, V)."""
         model = self.model
         step = model.forward_step if self.compiled is None else self.compiled.trusted_step  # (ids, position, cache)
+        if self.sinks is not None:
+            return SinkWindow(model, job, self.sinks, self.window, step)
         if self.window is not None:
             return SlidingWindow(model, job, self.window, step)
         if not job.use_cache:
@@ -236,6 +248,12 @@ class AutoregressiveGenerator:
         req = check_request(prompt, max_new_tokens, sampler, eos_token_id, cfg.vocab_size, pad_token_id)
         check_bool("use_cache", use_cache)
         check_choice("cache_kind", cache_kind, tuple(CACHE_KINDS))
+        if self.sinks is not None and not use_cache:
+            raise ValueError("use_cache=False with context_policy='sinks': the policy IS a cache (its kept keys were "
+                             "computed in the context they had then); recomputing the kept tokens is another model")
+        if self.sinks is not None and cache_kind == "int8":
+            raise ValueError("cache_kind='int8' with context_policy='sinks': every eviction re-rotates the kept keys, "
+                             "which would re-quantize them each time; use 'static' or 'dynamic'")
         if self.compiled is not None and (not use_cache or cache_kind != "static"):
             raise ValueError(f"use_cache={use_cache}, cache_kind={cache_kind!r}: a generator built with compile=True "
                              "decodes from a static cache (use_cache=True, cache_kind='static')")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import GPT2_DEFAULTS, ModelConfig
 from .model import MiniGPTInferenceModel, check_model
 from .validation import check_device, check_dtype, check_path
 
@@ -154,12 +154,18 @@ def resolve_dir(name_or_dir: str | os.PathLike) -> Path:
                       f"pass a local directory to work offline): {type(e).__name__}: {e}") from e
 
 
-def hf_state_dict(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The weights file found in `directory` and its tensors, with buffers and the "transformer." prefix removed."""
+def weights_file(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights file found in `directory` and its tensors as stored."""
     file = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
     if file is None:
         raise FileNotFoundError(f"{directory}: no weights file (expected one of {WEIGHT_FILES})")
-    sd = {k.removeprefix("transformer."): v for k, v in read_weights(file).items()}
+    return file, read_weights(file)
+
+
+def hf_state_dict(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights file found in `directory` and its tensors, with buffers and the "transformer." prefix removed."""
+    file, sd = weights_file(directory)
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     return file, {k: v for k, v in sd.items() if not IGNORED.match(k)}
 
 
@@ -173,7 +179,19 @@ def load_hf(name_or_dir: str | os.PathLike, dtype=None, device=None) -> MiniGPTI
     """
     dtype, device = check_dtype("dtype", dtype), check_device("device", device)  # before any file is read
     directory = resolve_dir(name_or_dir)
-    config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"))
+    hf_config = read_json(directory / "config.json")
+    if hf_config.get("model_type") == "llama":  # Llama-shaped: kvgpt/hf_llama.py has its names
+        from .hf_llama import from_llama_state_dict, llama_config, llama_shapes, llama_weights
+
+        file, sd = weights_file(directory)
+        config = llama_config(hf_config, str(directory / "config.json"))
+        sd = llama_weights(sd, config, file)
+        check_tensors(llama_shapes(expected_shapes(config, sd, "model.layers.", file), config), sd, file)
+        ours = from_llama_state_dict(sd, config)
+        model = MiniGPTInferenceModel(config)
+        model.load_state_dict(ours)
+        return model.to(device=device, dtype=dtype or torch.float32).eval()
+    config = config_from_hf(hf_config, str(directory / "config.json"))
     file, sd = hf_state_dict(directory)
     head = sd.pop(TIED_HEAD, None)
     if head is not None and ("wte.weight" not in sd or not torch.equal(head, sd["wte.weight"])):
@@ -202,6 +220,14 @@ def to_hf(model: MiniGPTInferenceModel, attn_implementation: str | None = None):
         raise ImportError("to_hf needs transformers: pip install 'kvgpt[gpt2]'") from e
     check_model("model", model)
     c = model.config
+    if c.positions == "rope":  # Llama-shaped (RoPE + RMSNorm + SwiGLU): a LlamaForCausalLM
+        from .hf_llama import to_hf_llama
+
+        return to_hf_llama(model, attn_implementation)
+    odd = {k: getattr(c, k) for k in ("norm", "mlp", "tie_embeddings", "bias") if getattr(c, k) != GPT2_DEFAULTS[k]}
+    if odd or c.hidden != 4 * c.d_model:
+        raise ValueError(f"to_hf: {odd or {'mlp_hidden': c.mlp_hidden}} is not GPT-2's architecture, and learned "
+                         "positions are not Llama's: transformers has no model for this mix")
     if c.kv_heads != c.n_heads:
         raise ValueError(f"to_hf: n_kv_heads={c.n_kv_heads} != n_heads={c.n_heads}; GPT-2 has no grouped-query "
                          "attention (save with kvgpt.save_pretrained, or expand with kvgpt.gqa.expand_to_mha)")

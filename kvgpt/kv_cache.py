@@ -204,11 +204,11 @@ class CachedCausalSelfAttention(CausalSelfAttention):
     Introduced in notebooks/04_kv_cache.ipynb.
     """
 
-    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None):
+    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None, rope=None):
         if kv_cache is None:
-            return super().forward(x, mask)
+            return super().forward(x, mask, rope)
         if kv_cache.length != position:  # a cache shared between layers, or a skipped/repeated step
             raise ValueError(f"position={position} but this layer's cache holds {kv_cache.length} slots; "
                              "each layer must write at its own cache's length")
-        q, k, v = self.split_heads(x)  # (B, H, T, D), (B, Hkv, T, D): only the new tokens are projected
-        return self.merge_heads(kv_cache.attend(q, k, v, mask, self.impl))  # (B, T, C), over S = position + T
+        q, k, v = self.split_heads(x, rope)  # (B, H, T, D), (B, Hkv, T, D): keys rotated before they are stored
+        return self.merge_heads(kv_cache.attend(q, k, v, mask, self.impl))  # (B, T, C)

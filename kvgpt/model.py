@@ -14,13 +14,21 @@ from .linear import Linear
 from .embeddings import PositionalEmbedding, TokenEmbedding
 from .cache_manager import CacheView, KVCacheManager, NoCache
 from .kv_cache import CachedCausalSelfAttention, KVCache
+from .modern import RMSNorm, RotaryEmbedding, SwiGLU
 from .validation import check_bool, check_instance, check_int, check_mask, check_token_ids, fail_type
 
-LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon (config.norm_eps defaults to it)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The normalisation config.norm names: GPT-2's LayerNorm or Llama's RMSNorm (kvgpt/modern.py)."""
+    if config.norm == "rms":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP: Linear(C, 4C) -> GELU (tanh approximation, as GPT-2) -> Linear(4C, C).
+    """Position-wise MLP: Linear(C, 4C) -> GELU (tanh approximation, as GPT-2) -> Linear(4C, C) (4C = config.hidden).
 
     Shapes: (B, T, C) -> (B, T, C).
 
@@ -29,9 +37,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = Linear(config.d_model, 4 * config.d_model)
+        self.fc = Linear(config.d_model, config.hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")
-        self.proj = Linear(4 * config.d_model, config.d_model)
+        self.proj = Linear(config.hidden, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.gelu(self.fc(x)))  # (B, T, C)
@@ -47,18 +55,21 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.ln_1 = make_norm(config)
         self.attn = CachedCausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
-        self.ffn = FeedForward(config)
+        self.ln_2 = make_norm(config)
+        self.ffn = SwiGLU(config) if config.mlp == "swiglu" else FeedForward(config)
 
-    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None):
-        x = x + self.attn(self.ln_1(x), kv_cache, position, mask)
+    def forward(self, x, kv_cache: KVCache | None = None, position: int = 0, mask=None, rope=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, position, mask, rope)
         return x + self.ffn(self.ln_2(x))  # (B, T, C)
 
 
 class MiniGPTInferenceModel(nn.Module):
     """GPT-2 architecture for inference: embeddings, L blocks, final LayerNorm, tied LM head.
+
+    The same class is Llama-shaped when the config says so (positions="rope": no position table, queries and
+    keys rotated by `rotary`; RMSNorm; SwiGLU; no biases; untied head): one forward for every architecture.
 
     Shapes: token ids (B, T) -> logits (B, T, V); forward_step: (B,) -> (B, V).
     The model holds no generation state: caches belong to the caller (a KVCacheManager), so
@@ -71,11 +82,15 @@ class MiniGPTInferenceModel(nn.Module):
         super().__init__()
         self.config = check_config("config", config)
         self.token_embedding = TokenEmbedding(config)
-        self.position_embedding = PositionalEmbedding(config)
+        if config.positions == "rope":  # computed per call from the positions: nothing learned, nothing stored
+            self.rotary = RotaryEmbedding(config)
+        else:
+            self.position_embedding = PositionalEmbedding(config)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
-        self.final_layernorm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.final_layernorm = make_norm(config)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.embedding.weight  # tied, as in GPT-2
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.embedding.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         self._store_transposed()
 
@@ -89,7 +104,8 @@ class MiniGPTInferenceModel(nn.Module):
         embedding = self.token_embedding.embedding
         for module in [m for m in self.modules() if isinstance(m, nn.Linear)] + [embedding]:
             module.weight = nn.Parameter(module.weight.detach().t().contiguous().t())
-        self.lm_head.weight = embedding.weight  # re-tie after replacing the parameter
+        if self.config.tie_embeddings:
+            self.lm_head.weight = embedding.weight  # re-tie after replacing the parameter
 
     # from_hf/to_hf: two small public doors into kvgpt/hf.py, imported when called (hf.py builds on this module;
     # the only import circle the package keeps, on purpose: tests/test_structure.py allows exactly this one)
@@ -209,9 +225,14 @@ class MiniGPTInferenceModel(nn.Module):
         t, device = token_ids.size(1), token_ids.device
         pos = cache.position_ids(t, device)  # (T,) or (B, T)
         mask = cache.attention_mask(t, device)  # None, (T, S) or (B, 1, T, S): built once for every layer
-        x = self.token_embedding(token_ids) + self.position_embedding(pos)  # (B, T, C)
+        x = self.token_embedding(token_ids)  # (B, T, C)
+        rope = None
+        if self.config.positions == "rope":  # cos, sin (B or 1, 1, T, D): once per call, shared by every layer
+            rope = self.rotary(pos, x.dtype)
+        else:
+            x = x + self.position_embedding(pos)  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.get(i), past, mask)  # layer i reads and writes only cache i
+            x = block(x, cache.get(i), past, mask, rope)  # layer i reads and writes only cache i
         return self._logits(x, last_only, getattr(cache, "last_index", None))
 
 

@@ -71,7 +71,7 @@ def load_dir(directory: str | os.PathLike, device=None, dtype=None):
     directory = Path(check_path("directory", directory))
     device, dtype = check_device("device", device), check_dtype("dtype", dtype)
     config = read_json(directory / "config.json")
-    if "n_layer" in config or config.get("model_type") == "gpt2":  # HuggingFace's names
+    if "n_layer" in config or config.get("model_type") in ("gpt2", "llama"):  # HuggingFace's names
         return load_hf(directory, dtype=dtype, device=device), _hf_dir_tokenizer(directory, config)
     model_config = _model_config(config, directory / "config.json")
     tokenizer = CharTokenizer.from_file(directory / "vocab.json") if (directory / "vocab.json").is_file() else None
@@ -101,6 +101,9 @@ def _read_weights(file: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: file not found")
     sd = read_weights(file)
+    if not config.tie_embeddings:  # an untied head is a tensor of its own, checked like the others
+        check_tensors(expected_shapes(config, sd, "blocks.", file), sd, file)
+        return sd
     head = sd.pop(TIED_HEAD, None)
     if head is not None and (EMBED_KEY not in sd or not torch.equal(head, sd[EMBED_KEY])):
         raise ValueError(f"{file}: {TIED_HEAD} differs from {EMBED_KEY}; kvgpt ties the LM head to the embedding")
@@ -113,6 +116,9 @@ def _hf_dir_tokenizer(directory: Path, config: dict):
     chars = read_char_tokenizer(directory)  # a character vocabulary exported by kvgpt.export (chapter 15)
     if chars is not None:
         return chars
+    vocab = directory / "vocab.json"  # a character model saved beside to_hf()'s files keeps kvgpt's list of characters
+    if vocab.is_file() and vocab.read_text(encoding="utf-8").lstrip().startswith("["):
+        return CharTokenizer.from_file(vocab)
     if any((directory / f).is_file() for f in HF_TOKENIZER_FILES):
         return GPT2Tokenizer(directory)
     if config.get("vocab_size") == 50257:  # GPT-2's own vocabulary: tiktoken's copy of the BPE
@@ -135,7 +141,8 @@ def save_pretrained(model: MiniGPTInferenceModel, tokenizer: CharTokenizer, dire
                          f"{model.config.vocab_size}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_HEAD}
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+          if not (k == TIED_HEAD and model.config.tie_embeddings)}
     save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = {**(metadata or {}), **model.config.to_dict()}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

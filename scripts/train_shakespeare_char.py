@@ -51,6 +51,19 @@ Grouped-query uptraining (notebooks/12_smaller_caches.ipynb)
     with the same recipe (usually a shorter, gentler schedule; the shipped runs' flags are in
     their config.json ``training.argv``). Model-shape flags are taken from DIR.
 
+Llama-style architecture (notebooks/16_modern_models.ipynb)
+    ``--positions rope --norm rms --mlp swiglu --no-bias`` (plus ``--rope-theta``, ``--norm-eps``,
+    ``--mlp-hidden``, ``--no-tie-embeddings``) train the same model class with RoPE, RMSNorm and a SwiGLU MLP;
+    everything else in the recipe is unchanged. The shipped ``shakespeare-char-llama``::
+
+        python scripts/train_shakespeare_char.py --positions rope --norm rms --mlp swiglu --mlp-hidden 416 \
+            --n-kv-heads 2 --no-bias --threads 1 --out-dir runs/shakespeare_char_llama \
+            --export-dir kvgpt/data/shakespeare-char-llama
+
+    (4 layers x 128, 4 query heads sharing 2 K/V heads, SwiGLU 416, tied head: 846,976 parameters; its
+    config.json ``training`` block has the wall time and history. ``--threads 1`` because the machine was
+    shared: two OpenMP threads stall whenever another process holds a core.)
+
 Rerun from scratch::
 
     python scripts/prepare_shakespeare.py && python scripts/train_shakespeare_char.py
@@ -107,6 +120,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--block-size", type=int, default=256)
+    # architecture (defaults: GPT-2; the Llama-style model: --positions rope --norm rms --mlp swiglu --no-bias)
+    ap.add_argument("--positions", choices=("learned", "rope"), default="learned")
+    ap.add_argument("--rope-theta", type=float, default=10000.0)
+    ap.add_argument("--norm", choices=("layer", "rms"), default="layer")
+    ap.add_argument("--norm-eps", type=float, default=1e-5)
+    ap.add_argument("--mlp", choices=("gelu", "swiglu"), default="gelu")
+    ap.add_argument("--mlp-hidden", type=int, default=None, help="MLP hidden width (default 4C, or 8C/3 for swiglu)")
+    ap.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
     # optimisation
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-iters", type=int, default=4000,
@@ -204,7 +226,7 @@ def full_loss(model, data: torch.Tensor, block: int, batch_size: int) -> tuple[f
 def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """state_dict (persistent tensors only) with the tied LM head stored once, as the embedding."""
     state = model.state_dict()
-    if TIED_KEY in state:
+    if model.config.tie_embeddings:
         if state[TIED_KEY].data_ptr() != state[EMBED_KEY].data_ptr():
             raise RuntimeError(f"{TIED_KEY} is not tied to {EMBED_KEY}; refusing to drop it")
         del state[TIED_KEY]
@@ -239,8 +261,8 @@ def check_roundtrip(model, cfg: ModelConfig, export_dir: Path, sample: torch.Ten
     """Reload the exported weights into a fresh model: same logits, only the tied key missing."""
     fresh = MiniGPTInferenceModel(ModelConfig.from_dict(json.loads((export_dir / "config.json").read_text())))
     missing, unexpected = fresh.load_state_dict(load_file(str(export_dir / "model.safetensors")), strict=False)
-    assert list(missing) == [TIED_KEY] and not unexpected, (missing, unexpected)
-    assert fresh.lm_head.weight is fresh.token_embedding.embedding.weight
+    assert list(missing) == ([TIED_KEY] if cfg.tie_embeddings else []) and not unexpected, (missing, unexpected)
+    assert (fresh.lm_head.weight is fresh.token_embedding.embedding.weight) == cfg.tie_embeddings
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(sample), model(sample)), "reloaded model gives different logits"
@@ -292,7 +314,9 @@ def main(argv=None) -> int:
             f"{converted:.4f} nats/char  [{time.time() - t0:.0f} s]")
     else:
         cfg = ModelConfig(vocab_size=len(vocab), n_layers=a.n_layers, n_heads=a.n_heads,
-                          d_model=a.d_model, block_size=a.block_size, n_kv_heads=a.n_kv_heads)
+                          d_model=a.d_model, block_size=a.block_size, n_kv_heads=a.n_kv_heads,
+                          positions=a.positions, rope_theta=a.rope_theta, norm=a.norm, norm_eps=a.norm_eps,
+                          mlp=a.mlp, mlp_hidden=a.mlp_hidden, tie_embeddings=a.tie_embeddings, bias=a.bias)
         model = MiniGPTInferenceModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg} -> {n_params:,} parameters")
@@ -344,6 +368,7 @@ def main(argv=None) -> int:
             "s_per_iter": round(done_time / max(1, it), 4),
             "threads": a.threads, "torch_version": torch.__version__, "python": platform.python_version(),
             "script": "scripts/train_shakespeare_char.py",
+            "argv": " ".join(sys.argv[1:]),
             "history": history,
             **init_meta,
         }

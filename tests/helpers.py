@@ -51,10 +51,12 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.2, dtype=tor
 
 @functools.lru_cache(maxsize=64)
 def cached_model(vocab_size=67, n_layers=2, n_heads=2, d_model=32, block_size=64, attn_impl="sdpa", seed=0,
-                 n_kv_heads=None):
-    """random_model for a config given as plain values, built once per test session."""
+                 n_kv_heads=None, arch="gpt2"):
+    """random_model for a config given as plain values, built once per test session. arch="llama": RoPE, RMSNorm,
+    SwiGLU, no biases (notebooks/16_modern_models.ipynb)."""
+    llama = dict(positions="rope", norm="rms", mlp="swiglu", bias=False) if arch == "llama" else {}
     cfg = ModelConfig(vocab_size=vocab_size, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
-                      block_size=block_size, attn_impl=attn_impl, n_kv_heads=n_kv_heads)
+                      block_size=block_size, attn_impl=attn_impl, n_kv_heads=n_kv_heads, **llama)
     return random_model(cfg, seed)
 
 

@@ -156,3 +156,23 @@ def test_python_dash_m_help():
     result = subprocess.run([sys.executable, "-m", "kvgpt", "--help"], check=False, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "generate" in result.stdout and "bench" in result.stdout
+
+
+def test_sinks_policy_from_the_command_line(capsys, tmp_path):
+    """--context-policy sinks --sinks S --window W on a RoPE model: past the context, the same text as the API."""
+    cfg = ModelConfig(vocab_size=len(CHARS), n_layers=2, n_heads=2, d_model=32, block_size=32, positions="rope",
+                      norm="rms", mlp="swiglu", bias=False)
+    rope_dir = str(save_pretrained(random_model(cfg, seed=6), CharTokenizer(CHARS), tmp_path / "rope"))
+    code, out, err = _run(capsys, "--model", rope_dir, "--prompt", "ROMEO:", "--max-new-tokens", "80",
+                          "--temperature", "0", "--context-policy", "sinks", "--sinks", "2", "--window", "20")
+    model, tok = load_pretrained(rope_dir)
+    gen = AutoregressiveGenerator(model, context_policy="sinks", sinks=2, window=20)
+    assert code == 0 and out == tok.decode(gen.generate(tok.encode("ROMEO:"), 80)) + "\n"
+    assert f"2 sinks + window 20: {gen.last_stats.slides} evicting steps" in err and gen.last_stats.slides > 50
+
+
+def test_sinks_refused_for_a_learned_position_model(capsys, model_dir):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", model_dir, "--context-policy", "sinks", "--max-new-tokens", "100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "needs a RoPE model" in err and err.count("\n") == 1

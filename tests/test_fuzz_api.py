@@ -163,6 +163,33 @@ def test_fuzz_generate(arg, value):
         assert all(len(r) <= 16 for r in rows) and g.last_stats is not None
 
 
+ARCH = {"positions": "rope", "rope_theta": 10000.0, "norm": "rms", "norm_eps": 1e-5, "mlp": "swiglu",
+        "mlp_hidden": None, "tie_embeddings": True, "bias": False}  # issue 21: the Llama-style choices
+
+
+@fuzz
+@given(st.sampled_from(list(ARCH)), HOSTILE)
+def test_fuzz_model_config_architecture(field, value):
+    cfg = outcome(lambda: ModelConfig(**{**CFG, **ARCH, field: value}), (field,))
+    if cfg is not None:
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.hidden >= 1
+        assert type(cfg.rope_theta) is float and type(cfg.norm_eps) is float
+
+
+ROPE_MODEL = cached_model(vocab_size=V, n_layers=2, n_heads=2, d_model=32, block_size=16, arch="llama")
+
+
+@fuzz
+@given(st.sampled_from(["sinks", "window", "cache_kind"]), HOSTILE)
+def test_fuzz_sinks_policy(arg, value):
+    kwargs = {"sinks": 2, "window": 6, "cache_kind": "static", arg: value}
+    gen = outcome(lambda: AutoregressiveGenerator(ROPE_MODEL, context_policy="sinks", sinks=kwargs["sinks"],
+                                                  window=kwargs["window"]), (arg,))
+    if gen is not None:
+        out = outcome(lambda: gen.generate([1, 2, 3], 20, cache_kind=kwargs["cache_kind"]), (arg,), gen)
+        assert out is None or (len(out) == 23 and all(0 <= i < V for i in out))
+
+
 KNOBS = ["temperature", "top_k", "top_p", "repetition_penalty", "seed"]
 
 

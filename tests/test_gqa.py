@@ -51,8 +51,8 @@ def decode_all(model, ids, kind, split, mask=None):
 
 # ---------------------------------------------------------------- n_kv_heads == n_heads is today's model
 
-def legacy_split_heads(self, x):
-    """split_heads exactly as before n_kv_heads existed (commit 8a68af4)."""
+def legacy_split_heads(self, x, rope=None):
+    """split_heads exactly as before n_kv_heads existed (commit 8a68af4); `rope` is always None for GPT-2 (issue 21)."""
     b, t, c = x.shape
     qkv = self.qkv_proj(x).view(b, t, 3, self.n_heads, self.head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ..attention import causal_mask
+from ..attention import causal_mask, repeat_kv
 
 
 def position_similarity(model, n_positions: int | None = None):
@@ -49,11 +49,13 @@ def attention_weights(model, token_ids: torch.Tensor, layer: int) -> torch.Tenso
     try:
         with torch.no_grad():
             model(token_ids)
-            q, k, _ = attn.split_heads(inputs[0])  # (B, H, T, D)
+            t = token_ids.size(1)
+            rope = model.rotary(torch.arange(t), inputs[0].dtype) if model.config.positions == "rope" else None
+            q, k, _ = attn.split_heads(inputs[0], rope)  # (B, H, T, D), keys rotated as the model does
+            k = repeat_kv(k, q.size(1) // k.size(1))  # grouped-query attention: each query head's K/V head
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
     finally:
         handle.remove()
-    t = token_ids.size(1)
     scores = scores.masked_fill(~causal_mask(t, t, scores.device), float("-inf"))
     return torch.softmax(scores, dim=-1)  # (B, H, T, T)
 

@@ -53,20 +53,25 @@ def check_model(name: str) -> dict:
     torch.set_num_threads(1)  # tokens do not depend on it; on a shared 2-core machine 1 thread is far faster
     model = c.build(name)
     requests = serve_workload(name, model.config, "parity")
+    return compare(name, model, requests, {"workload": SERVE_WORKLOADS["parity"][name]}, model.config.block_size)
+
+
+def compare(name: str, model, requests, extra: dict, max_model_len: int) -> dict:
+    """Every engine's greedy tokens for `requests` against kvgpt alone; `extra` leads the result dict."""
     started = time.perf_counter()
     engines = kvgpt_tokens(model, requests)  # before vLLM starts: it pins threads of its own
     kvgpt_s = time.perf_counter() - started
     with c.scratch() as d:
-        c.export(model, c.Path(d))
+        c.export(model, c.Path(d))  # to_hf(): GPT2LMHeadModel, or LlamaForCausalLM for a RoPE model
         started = time.perf_counter()
-        llm = c.make_llm(c.Path(d), model.config.block_size)
+        llm = c.make_llm(c.Path(d), max_model_len)
         load_s = time.perf_counter() - started
         engines["vLLM"] = c.vllm_generate(llm, requests)
         del llm
     ref_name = next(iter(engines))
     ref = engines[ref_name]
     verdicts = {k: first_mismatch(ref, v) for k, v in engines.items() if k != ref_name}
-    result = {"workload": SERVE_WORKLOADS["parity"][name], "requests": len(requests),
+    result = {**extra, "requests": len(requests),
               "prompt_lengths": [len(r.prompt) for r in requests], "new_tokens": sum(len(t) for t in ref),
               "reference": ref_name, "equal": {k: v is None for k, v in verdicts.items()},
               "first_mismatch": {k: v for k, v in verdicts.items() if v is not None},
@@ -77,17 +82,19 @@ def check_model(name: str) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(c.MODELS), choices=c.MODELS)
-    parser.add_argument("--out", default=str(c.FIGURES / "vllm_parity.json"))
+def main(argv=None, models=c.MODELS, check=None, out="vllm_parity.json", command="make vllm-parity",
+         doc=__doc__) -> int:
+    """Check `models` with `check` (default check_model), write figures/`out`; peers/vllm/parity_llama.py reuses it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(models), choices=models)
+    parser.add_argument("--out", default=str(c.FIGURES / out))
     args = parser.parse_args(argv)
-    results = {name: check_model(name) for name in args.models}
+    results = {name: (check or check_model)(name) for name in args.models}
     ok = all(all(r["equal"].values()) for r in results.values())
     c.write_json(c.Path(args.out), {"all_equal": ok, "models": results, "versions": c.versions(),
                                     "engine_args": {**c.ENGINE_ARGS, "kvgpt block_size": c.KVGPT_BLOCK_SIZE,
                                                     "vllm block_size": c.VLLM_BLOCK_SIZE},
-                                    "command": "make vllm-parity"})
+                                    "command": command})
     print("parity: " + ("all engines gave identical greedy tokens" if ok else "TOKENS DIFFER (see the JSON)"))
     return 0 if ok else 1
 
