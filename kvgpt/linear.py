@@ -22,6 +22,7 @@ from torch import nn
 from .validation import check_choice, check_positive_int
 
 LINEAR_BACKENDS = ("auto", "mkl", "onednn")
+SMALL_MODEL_BYTES = 16 * 2**20  # below: one thread decodes faster, and MKL beats oneDNN (measured; see below)
 
 
 def onednn_available() -> bool:
@@ -45,14 +46,20 @@ def mkl_generic_path() -> bool:
     return cpu_vendor() not in ("", "GenuineIntel")
 
 
-def resolve_backend(backend: str) -> str:
-    """"auto" -> "onednn" where MKL would take its generic path and oneDNN exists, else "mkl"."""
+def resolve_backend(backend: str, weight_bytes: int | None = None) -> str:
+    """"auto" -> "onednn" where MKL would take its generic path and oneDNN exists, else "mkl".
+
+    weight_bytes: the model's linear weights; under SMALL_MODEL_BYTES "auto" keeps MKL even on its generic path,
+    because on matrices that small oneDNN's fixed cost per call outweighs what its kernels save (measured on AMD:
+    the embedded model's step is faster on MKL at every batch tried).
+    """
     backend = check_choice("backend", backend, LINEAR_BACKENDS)
     if backend == "onednn" and not onednn_available():
         raise ValueError("backend='onednn': this torch build has no oneDNN packed linear "
                          "(torch.backends.mkldnn.is_available() is False); use 'mkl'")
     if backend == "auto":
-        return "onednn" if mkl_generic_path() and onednn_available() else "mkl"
+        small = weight_bytes is not None and weight_bytes < SMALL_MODEL_BYTES
+        return "onednn" if mkl_generic_path() and onednn_available() and not small else "mkl"
     return backend
 
 
@@ -96,23 +103,22 @@ class Linear(nn.Linear):
 
 
 def set_linear_backend(model: nn.Module, backend: str = "auto", batch_hint: int = 1) -> str:
-    """Run every kvgpt Linear of `model` (the LM head included) on "mkl" or "onednn"; "auto" picks. -> the backend.
+    """Run every kvgpt Linear of `model` (the LM head included) on "mkl" or "onednn"; "auto" picks (resolve_backend,
+    from the CPU and the size of the weights). -> the backend.
 
     batch_hint: the rows per call the packed layout is tuned for (1 for single-stream decode; 8 or more for
     batched decode: measured in notebooks/08). Validated before any layer changes.
     Introduced in notebooks/08b_engines_and_kernels.ipynb.
     """
-    chosen, batch_hint = resolve_backend(backend), check_positive_int("batch_hint", batch_hint)
     layers = [m for m in model.modules() if isinstance(m, Linear)]
+    weights = sum(m.weight.nelement() * m.weight.element_size() for m in layers)
+    chosen, batch_hint = resolve_backend(backend, weights), check_positive_int("batch_hint", batch_hint)
     if chosen == "onednn" and any(m.weight.dtype != torch.float32 or m.weight.device.type != "cpu" for m in layers):
         raise ValueError("backend='onednn' packs fp32 CPU weights; this model has other dtypes or devices")
     for m in layers:
         m.pack(batch_hint) if chosen == "onednn" else m.unpack()
     model.linear_backend = chosen
     return chosen
-
-
-SMALL_MODEL_BYTES = 16 * 2**20  # below: one thread decodes faster (measured; see recommended_threads)
 
 
 def recommended_threads(model: nn.Module, available: int | None = None) -> int:

@@ -101,6 +101,8 @@ def test_auto_picks_onednn_exactly_where_mkl_takes_its_generic_path(monkeypatch)
     monkeypatch.setattr(kl, "cpu_vendor", lambda: "GenuineIntel")
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # MKL's vendor-neutral kernels, forced on an Intel CPU
     assert resolve_backend("auto") == "onednn"
+    assert resolve_backend("auto", weight_bytes=kl.SMALL_MODEL_BYTES) == "onednn"
+    assert resolve_backend("auto", weight_bytes=kl.SMALL_MODEL_BYTES - 1) == "mkl"  # a small model: MKL wins anyway
     monkeypatch.setattr(kl, "onednn_available", lambda: False)
     assert resolve_backend("auto") == "mkl"
     with pytest.raises(ValueError, match="backend='onednn'.*no oneDNN"):

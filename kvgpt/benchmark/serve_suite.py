@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .engines import TokenMismatchError, check_identical
-from ..linear import recommended_threads
+from ..linear import recommended_threads, set_linear_backend
 from .report import metadata
 from .serving import continuous_batching, ragged_tensor, static_batching, summarize
 from .serve_online import decode_step_cost, online_sweep
@@ -177,8 +177,10 @@ def run_serve_bench(quick: bool = True, models=MODELS, threads: int | None = 1, 
             progress and progress(f"serve-bench {time.perf_counter() - started:6.1f}s: {name}")
             model, notes[name] = (models[name], "given") if isinstance(models, dict) else build_model(name)
             torch.set_num_threads(threads or recommended_threads(model))
+            # the matrix kernels kvgpt serve picks (kvgpt/serving/server.py): oneDNN where MKL is generic (AMD)
+            backend = set_linear_backend(model, "auto", batch_hint=min(ENGINE["max_num_seqs"], 8))
             out = serve_model(name, model, mode, (peer or {}).get("models", {}).get(name))
-            out["throughput"]["threads"] = torch.get_num_threads()
+            out["throughput"]["threads"], out["throughput"]["linear_backend"] = torch.get_num_threads(), backend
             for key in ("throughput", "memory", "memory_trace", "overhead", "online"):
                 parts.setdefault(key, []).append(out[key])
             parts.setdefault("gantt", []).append(pd.DataFrame(
