@@ -99,8 +99,11 @@ def serving_section(fig: Path) -> str:
     targets = targets.assign(measured=targets.measured.round(3), met=targets.met.map({True: "yes", False: "**no**"}))
     return "\n\n".join([
         "## Serving: paged cache, continuous batching, prefix caching (chapters 10–11, `make serve-bench`)",
-        _machine(meta, meta["torch_threads"], meta["load_average_1m_at_end"], meta["utc"]) +
-        f" Engine settings {meta['engine_settings']}; vLLM runs the same requests on the same weights "
+        _machine(meta, ", ".join(f"{m} {n}" for m, n in tp.groupby("model", sort=False).threads.first().items()),
+                 meta["load_average_1m_at_end"], meta["utc"]) +
+        f" Engine settings {meta['engine_settings']}; matrix kernels as `kvgpt serve` picks them ("
+        + ", ".join(f"{m} {b}" for m, b in tp.groupby("model", sort=False).linear_backend.first().items()) +
+        "); vLLM runs the same requests on the same weights "
         "(`make vllm-bench`, block size 32: its CPU attention refuses 16). Every request arrives at t = 0.",
         "Throughput and latency (`figures/serve_throughput.csv`):", _table(rows),
         "KV memory, reserved against used (`figures/serve_memory.csv`; the first three rows are computed from the "
@@ -275,6 +278,7 @@ def headline(fig: Path = ROOT / "figures") -> str:
     greedy = sw[sw["mode"] == "greedy"]
     best = greedy.loc[greedy.speedup.idxmax()]
     cont = tp[tp.engine.str.startswith("continuous")].set_index("model")
+    peer = tp[tp.engine == "vLLM"].set_index("model")
     off, on = pre.loc[("kvgpt LLMEngine", False)], pre.loc[("kvgpt LLMEngine", True)]
     oh = pd.read_csv(fig / "serve_overhead.csv").set_index("model")
     hmeta, hr = _json(fig / "serve_online_meta.json"), pd.read_csv(fig / "serve_online_results.csv")
@@ -294,6 +298,9 @@ def headline(fig: Path = ROOT / "figures") -> str:
              f"| continuous batching vs static batching, useful tokens/s (all requests at t = 0) | "
              + ", ".join(f"{m} {cont.loc[m, 'x_static']:.2f}×" for m in cont.index) +
              f" | {smeta['cpu']}, {_threads(cont)} |",
+             "| kvgpt's `LLMEngine` vs vLLM's, useful tokens/s, the same requests at t = 0 | "
+             + ", ".join(f"{m} {cont.loc[m, 'tokens_per_s'] / peer.loc[m, 'tokens_per_s']:.2f}×" for m in peer.index) +
+             f" | {smeta['cpu']}, {_threads(cont)} (vLLM bound to the same) |",
              "| paged decode step vs static-cache step (16 rows × 100 past), reading the pool in place | "
              + ", ".join(f"{m} {o.paged_over_static:.2f}× (the gather it replaced: {o.gather_over_static:.2f}×)"
                          for m, o in oh.iterrows()) + f" | {smeta['cpu']}, {_threads(cont)} |",

@@ -141,9 +141,8 @@ def _chapter_figures():
     from kvgpt.plots import serving, speculative
 
     root = Path(__file__).resolve().parents[1] / "figures"
-    run = "serve_" if (root / "serve_online.csv").exists() else "serve_quick_"  # as chapter 11 reads them
-    throughput, trace = pd.read_csv(root / f"{run}throughput.csv"), pd.read_csv(root / f"{run}memory_trace.csv")
-    online = pd.read_csv(root / f"{run}online.csv")
+    throughput, trace = pd.read_csv(root / "serve_throughput.csv"), pd.read_csv(root / "serve_memory_trace.csv")
+    online = pd.read_csv(root / "serve_online.csv")  # the files chapter 11 reads
     sweep, positions = pd.read_csv(root / "spec_speedup.csv"), pd.read_csv(root / "spec_positions.csv")
     label = lambda d: d.assign(source=d["mode"] + ", " + d["source"])  # noqa: E731
     k = torch.randn(8, 4, 256, 32, generator=torch.Generator().manual_seed(0))
