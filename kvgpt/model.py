@@ -17,6 +17,7 @@ from .kv_cache import CachedCausalSelfAttention, KVCache
 from .modern import RMSNorm, RotaryEmbedding, SwiGLU
 from .validation import check_bool, check_instance, check_int, check_mask, check_token_ids, fail_type
 
+_CACHE_VIEW_TYPES: set[type] = set()  # classes already seen to implement CacheView
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon (config.norm_eps defaults to it)
 
 
@@ -141,8 +142,10 @@ class MiniGPTInferenceModel(nn.Module):
 
         One contract for every cache (KVCacheManager, NoCache, the paged batch of kvgpt/serving): CacheView.
         """
-        if not isinstance(cache, CacheView):
-            fail_type("cache", cache, "a KVCacheManager (or None in prefill)")
+        if type(cache) not in _CACHE_VIEW_TYPES:  # a Protocol isinstance walks its members: once per class is enough
+            if not isinstance(cache, CacheView):
+                fail_type("cache", cache, "a KVCacheManager (or None in prefill)")
+            _CACHE_VIEW_TYPES.add(type(cache))
         end = cache.context_end(t)  # past + t when every row has the same length
         if end > self.config.block_size:
             raise ValueError(f"{end} positions exceed the model's context block_size={self.config.block_size}")

@@ -41,6 +41,8 @@ def fail_value(name: str, value, allowed: str):
 
 def is_int(value) -> bool:
     """True for Python and numpy integers; False for bool (True layers is a typo, not a size) and 0-d tensors."""
+    if type(value) is int:  # the common case, without the ABC lookup (the engine asks this per token and sequence)
+        return True
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
