@@ -256,7 +256,7 @@ def test_hash_chain_picture_darkens_exactly_the_blocks_an_earlier_row_hashed():
     from matplotlib.patches import Rectangle
 
     from kvgpt.plots import plot_hash_chain
-    from kvgpt.plots.paging import SHARED
+    from kvgpt.plots.paging import SHARED_BLOCK_COLOR as SHARED
 
     rows = {"a": [1, 2, 3, 4, 5, 6, 7, 8, 9], "b": [1, 2, 3, 4, 5, 6, 7, 8, 0], "c": [0, 2, 3, 4, 5, 6, 7, 8, 9]}
     fig = plot_hash_chain(rows, block_size=4)
