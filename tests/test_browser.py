@@ -189,9 +189,15 @@ def test_panel_works_in_jupyterlab(lab, browser):
     _type_into_readout(driver, "max new tokens", "20")  # a short generation: this machine may be busy
 
     # Generate streams a continuation of a new prompt
+    # commit the new prompt first (blur) and wait for its chart and an idle kernel: the panel's layout settles
+    # before the click, so a slow kernel's redraw cannot move the button from under it (seen once in CI)
+    shown_chart = _chart_src(driver)
     prompt = driver.find_element(By.CSS_SELECTOR, ".widget-vbox textarea")
     prompt.clear()
     prompt.send_keys("JULIET:")
+    driver.find_element(By.CSS_SELECTOR, ".widget-vbox .widget-slider .widget-label").click()  # blur: commit
+    _wait(driver, lambda d: _chart_src(d) not in ("", shown_chart), 120)
+    _wait(driver, _kernel_idle, 60)
     driver.find_element(By.XPATH, "//button[normalize-space()='Generate']").click()
     output = lambda d: d.find_element(By.CSS_SELECTOR, ".widget-vbox .widget-html pre").text  # noqa: E731
     _wait(driver, lambda d: output(d).startswith("JULIET:") and len(output(d)) > len("JULIET:") + 5, 300)
