@@ -128,7 +128,7 @@ vllm-parity: vllm-env
 	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/parity.py && PYTHONPATH=. $(VLLM_PY) peers/vllm/parity_llama.py; \
 	else echo "vllm-parity: skipped, no working $(VLLM_VENV): $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'install failed')"; fi
 
-# the thread counts kvgpt's serve-bench uses (kvgpt.linear.recommended_threads): 1 for the embedded model, 2 for
+# the thread counts kvgpt's serve-bench uses (kvgpt.linear.recommended_threads): 1 for the embedded model, every core for
 # GPT-2-small; vLLM binds its OpenMP threads at import, so each count is its own run (merged into one JSON)
 vllm-bench: vllm-env
 	@if [ -f $(VLLM_VENV)/.installed ]; then $(VLLM_PY) peers/vllm/bench.py --models shakespeare-char --threads 1 && \
