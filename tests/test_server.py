@@ -288,3 +288,20 @@ def _poll(done, tries: int = 400) -> None:
             return
         time.sleep(0.05)
     assert done()
+
+
+def test_the_llama_style_model_serves_through_the_same_server():
+    """Chapter 16's model needs nothing new from the server: greedy text (whole and streamed) == Part I's generator."""
+    from kvgpt import AutoregressiveGenerator, load_pretrained
+    from kvgpt.serving.server import ServerThread, make_server
+
+    llama, tok = load_pretrained("shakespeare-char-llama")
+    ids = tok.encode("ROMEO:")
+    want = tok.decode(AutoregressiveGenerator(llama).generate(ids, 30)[len(ids):])
+    with ServerThread(make_server(llama, tok, "shakespeare-char-llama", max_num_seqs=4), timeout=60) as srv:
+        llama_client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        whole = llama_client.completions.create(model="shakespeare-char-llama", prompt="ROMEO:", max_tokens=30,
+                                                temperature=0)
+        streamed = "".join(c.choices[0].text for c in llama_client.completions.create(
+            model="shakespeare-char-llama", prompt="ROMEO:", max_tokens=30, temperature=0, stream=True) if c.choices)
+    assert whole.choices[0].text == streamed == want
