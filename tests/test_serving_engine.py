@@ -54,16 +54,26 @@ def test_every_request_equals_its_solo_generation(work, block_size, budget, spar
     num_blocks = None if spare_blocks is None else largest + spare_blocks  # small pools force preemption
     engine = LLMEngine(model, block_size, num_blocks, max_seqs, budget, enable_prefix_caching=prefix)
     order = sorted(range(len(prompts)), key=lambda i: arrivals[i])
-    made, rid_of, steps = {}, {}, 0
-    while order or engine.has_unfinished():
-        while order and arrivals[order[0]] <= steps:
-            i = order.pop(0)
-            rid_of[engine.add_request(prompts[i], news[i], samplers[i], eos)] = i
-        for out in engine.step():
-            made.setdefault(rid_of[out.request_id], []).append(out.token)
-        steps += 1
+    made, rid_of, steps, busy = {}, {}, 0, 0
+    shapes = []  # (B, T) of every model call, counted at the model (a hook on the token embedding)
+    handle = model.token_embedding.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        while order or engine.has_unfinished():
+            while order and arrivals[order[0]] <= steps:
+                i = order.pop(0)
+                rid_of[engine.add_request(prompts[i], news[i], samplers[i], eos)] = i
+            busy += engine.has_unfinished()
+            for out in engine.step():
+                made.setdefault(rid_of[out.request_id], []).append(out.token)
+            steps += 1
+    finally:
+        handle.remove()
     for i, p in enumerate(prompts):
         assert made[i] == _solo(model, p, news[i], samplers[i], eos), f"request {i}"
+    # one flat call (1, N) per step with work, over the real token-rows only: no padding, no second call
+    s = engine.stats
+    assert len(shapes) == s.model_calls == busy and all(b == 1 for b, _ in shapes), shapes
+    assert sum(n for _, n in shapes) == s.model_tokens == s.prefill_tokens + s.decode_tokens
     _assert_no_leaks(engine)
 
 
