@@ -150,7 +150,7 @@ def _setup(args):
     -> (tokenizer, generator, token stream, first token or None)."""
     import torch
 
-    from .context import check_context_policy
+    from .context import check_context_policy, check_sinks
     from .generation import AutoregressiveGenerator
     from .sampling import Sampler, check_knob
     from .validation import check_device, check_path, check_seed
@@ -182,7 +182,7 @@ def _setup(args):
         generator, stream = _speculative(args, model, prompt, sampler, tokenizer, device)
     else:
         if args.sinks is not None:  # the error names the flag the user typed
-            _flag("--sinks", check_context_policy, args.context_policy, None, model.config.block_size, args.sinks)
+            _flag("--sinks", check_sinks, args.sinks, model.config.block_size)
         _flag("--window", check_context_policy, args.context_policy, args.window, model.config.block_size, args.sinks)
         generator = AutoregressiveGenerator(model, context_policy=args.context_policy, window=args.window,
                                             compile=args.compile or False, sinks=args.sinks)

@@ -18,7 +18,7 @@ from .context import SlidingWindow, check_context_length, check_context_policy, 
 from .model import check_model
 from .requests import CheckedRequest, RowSampler, check_request
 from .sampling import Sampler
-from .sinks import SinkWindow, check_sinks_model
+from .sinks import SinkWindow, check_sinks_cache_kind, check_sinks_model
 from .validation import check_bool, check_choice
 
 
@@ -251,9 +251,8 @@ class AutoregressiveGenerator:
         if self.sinks is not None and not use_cache:
             raise ValueError("use_cache=False with context_policy='sinks': the policy IS a cache (its kept keys were "
                              "computed in the context they had then); recomputing the kept tokens is another model")
-        if self.sinks is not None and cache_kind == "int8":
-            raise ValueError("cache_kind='int8' with context_policy='sinks': every eviction re-rotates the kept keys, "
-                             "which would re-quantize them each time; use 'static' or 'dynamic'")
+        if self.sinks is not None:
+            check_sinks_cache_kind(cache_kind)
         if self.compiled is not None and (not use_cache or cache_kind != "static"):
             raise ValueError(f"use_cache={use_cache}, cache_kind={cache_kind!r}: a generator built with compile=True "
                              "decodes from a static cache (use_cache=True, cache_kind='static')")

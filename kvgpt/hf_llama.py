@@ -22,7 +22,7 @@ LINEARS = {"attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.
            "attn.out_proj": ("self_attn.o_proj",), "ffn.fc": ("mlp.gate_proj", "mlp.up_proj"),
            "ffn.proj": ("mlp.down_proj",)}
 LLAMA_GLOBAL_NAMES = {"token_embedding.embedding.weight": "model.embed_tokens.weight",
-                "final_layernorm.weight": "model.norm.weight", "lm_head.weight": "lm_head.weight"}
+                      "final_layernorm.weight": "model.norm.weight", "lm_head.weight": "lm_head.weight"}
 LLAMA_IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")  # a buffer in old checkpoints
 LLAMA_ARCH = {"positions": "rope", "norm": "rms", "mlp": "swiglu"}
 

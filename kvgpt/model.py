@@ -18,7 +18,6 @@ from .modern import RMSNorm, RotaryEmbedding, SwiGLU
 from .validation import check_bool, check_instance, check_int, check_mask, check_token_ids, fail_type
 
 _CACHE_VIEW_TYPES: set[type] = set()  # classes already seen to implement CacheView
-LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon (config.norm_eps defaults to it)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:

@@ -42,6 +42,18 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
+def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """cos and sin of every (position, channel pair) angle, angles in fp32 (as HF), laid out for rotate_half.
+
+    Shapes: position_ids (T,) or (B, T) -> cos, sin each (1 or B, 1, T, D). Positions may be negative: a
+    rotation by -n moves a cached key n positions down (kvgpt/sinks.py). Introduced in notebooks/16_modern_models.ipynb.
+    """
+    pos = position_ids if position_ids.dim() == 2 else position_ids[None]  # (B or 1, T)
+    angles = pos[..., None].float() * inv_freq.to(pos.device).float()  # (B, T, D/2)
+    emb = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D): pair i is channels i and i + D/2
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate every channel pair (i, i + D/2) of x by its angle position * frequency_i.
 
@@ -64,10 +76,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_frequencies(config.head_dim, config.rope_theta), persistent=False)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32):
-        pos = position_ids if position_ids.dim() == 2 else position_ids[None]  # (B or 1, T)
-        angles = pos[..., None].float() * self.inv_freq.float()  # (B, T, D/2): angles in fp32, as HF
-        emb = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D): pair i is channels i and i + D/2
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return rope_cos_sin(position_ids, self.inv_freq, dtype)
 
 
 class RMSNorm(nn.Module):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .cache_manager import KVCacheManager
-from .modern import apply_rope, rope_frequencies
+from .modern import apply_rope, rope_cos_sin, rope_frequencies
 from .validation import check_int
 
 
@@ -26,6 +26,13 @@ def check_sinks_model(config) -> None:
                          f"positions={config.positions!r}: a learned-position model's cached keys were computed from "
                          "their absolute position's embedding and cannot be moved down after an eviction; "
                          "use context_policy='slide' (re-prefill the window) instead")
+
+
+def check_sinks_cache_kind(kind: str) -> None:
+    """ValueError for the int8 cache: the sinks policy re-rotates kept keys, which would re-quantize them each time."""
+    if kind == "int8":
+        raise ValueError("cache_kind='int8' with context_policy='sinks': every eviction re-rotates the kept keys, "
+                         "which would re-quantize them each time; use 'static' or 'dynamic'")
 
 
 class SinkCacheManager(KVCacheManager):
@@ -41,9 +48,7 @@ class SinkCacheManager(KVCacheManager):
     def __init__(self, config, batch_size: int, kind: str = "static", sinks: int = 4, window: int = 64,
                  capacity: int | None = None, device=None, dtype=None) -> None:
         check_sinks_model(config)
-        if kind == "int8":
-            raise ValueError("cache_kind='int8' with context_policy='sinks': every eviction re-rotates the kept "
-                             "keys, which would re-quantize them each time; use 'static' or 'dynamic'")
+        check_sinks_cache_kind(kind)
         self.sinks = check_int("sinks", sinks, 0, config.block_size - 1)
         self.window = check_int("window", window, 1, config.block_size - self.sinks)
         super().__init__(config, batch_size, kind, capacity, device, dtype)
@@ -97,9 +102,8 @@ class SinkCacheManager(KVCacheManager):
         positions, so its keys turn by -n * theta_i (one rotation of the kept window per eviction)."""
         k, v = cache.keys, cache.values  # (B, Hkv, S, D) views of the filled slots
         s = self.sinks
-        angles = -n * self._inv_freq.to(k.device)  # (D/2,)
-        emb = torch.cat((angles, angles))  # (D,): pair i is channels i and i + D/2
-        k[:, :, s:end - n] = apply_rope(k[:, :, s + n:end], emb.cos().to(k.dtype), emb.sin().to(k.dtype))
+        cos, sin = rope_cos_sin(torch.tensor([-n], device=k.device), self._inv_freq, k.dtype)  # (1, 1, 1, D)
+        k[:, :, s:end - n] = apply_rope(k[:, :, s + n:end], cos, sin)
         v[:, :, s:end - n] = v[:, :, s + n:end].clone()  # overlapping ranges: copy out first
         cache.crop(end - n)
 
@@ -110,9 +114,8 @@ class SinkCacheManager(KVCacheManager):
         b, h, _, d = k.shape
         index = source.to(k.device)[:, None, :, None].expand(b, h, -1, d)  # (B, Hkv, S', D)
         k, v = k.gather(2, index), v.gather(2, index)  # new tensors: the buffers can be overwritten below
-        angles = shift.to(k.device)[..., None].float() * self._inv_freq.to(k.device)  # (B, S', D/2)
-        emb = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, S', D)
-        k = apply_rope(k, emb.cos().to(k.dtype), emb.sin().to(k.dtype))  # shift 0: cos 1, sin 0, unchanged
+        cos, sin = rope_cos_sin(shift.to(k.device), self._inv_freq, k.dtype)  # (B, 1, S', D)
+        k = apply_rope(k, cos, sin)  # shift 0: cos 1, sin 0, unchanged
         cache.reset()
         cache.append(k, v)
 
@@ -127,7 +130,6 @@ class SinkWindow:
     """
 
     def __init__(self, model, job, sinks: int, window: int, step=None) -> None:
-        check_sinks_model(model.config)
         self.model, self.job, self.step = model, job, step or model.forward_step
         capacity = max(job.ids.size(1), sinks + window)  # the prompt, then never more than sinks + window
         self.cache = SinkCacheManager(model.config, job.ids.size(0), job.cache_kind, sinks, window, capacity)

@@ -78,13 +78,18 @@ def _table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _p50_p99(df: pd.DataFrame, metric: str, digits: int) -> list[str]:
+    """"p50 / p99" of a latency metric (columns METRIC_p50_ms and METRIC_p99_ms), one string per row."""
+    return [f"{a:.{digits}f} / {b:.{digits}f}" for a, b in zip(df[f"{metric}_p50_ms"], df[f"{metric}_p99_ms"])]
+
+
 def serving_section(fig: Path) -> str:
     meta = _json(fig / "serve_meta.json")
     tp = pd.read_csv(fig / "serve_throughput.csv")
     rows = pd.DataFrame({"model": tp.model, "engine": tp.engine, "useful tokens/s": tp.tokens_per_s.round(1),
                          "× static": tp.x_static.round(2), "tokens per CPU-second": tp.tokens_per_cpu_s.round(1),
                          "TTFT p50 ms": tp.ttft_p50_ms.round(0), "ITL p50 / p99 ms":
-                         [f"{a:.1f} / {b:.1f}" for a, b in zip(tp.itl_p50_ms, tp.itl_p99_ms)],
+                         _p50_p99(tp, "itl", 1),
                          "tokens identical": tp.tokens_identical})
     mem = pd.read_csv(fig / "serve_memory.csv")
     memory = pd.DataFrame({"model": mem.model, "layout": mem.layout, "reserved MiB": (mem.reserved_bytes / 2**20).round(2),
@@ -120,8 +125,8 @@ def arrivals_section(fig: Path) -> str:
     on = pd.read_csv(fig / "serve_online.csv")
     rates = pd.DataFrame({"model": on.model, "req/s": on.rate, "engine": on.engine,
                           "useful tokens/s": on.tokens_per_s.round(1), "TTFT p50 / p99 ms":
-                          [f"{a:.0f} / {b:.0f}" for a, b in zip(on.ttft_p50_ms, on.ttft_p99_ms)],
-                          "TPOT p50 / p99 ms": [f"{a:.1f} / {b:.1f}" for a, b in zip(on.tpot_p50_ms, on.tpot_p99_ms)],
+                          _p50_p99(on, "ttft", 0),
+                          "TPOT p50 / p99 ms": _p50_p99(on, "tpot", 1),
                           "tokens identical": on.tokens_identical})
     oh = pd.read_csv(fig / "serve_overhead.csv")
     step = pd.DataFrame({"model": oh.model, "static step ms": oh.static_ms.round(2), "paged step ms": oh.paged_ms.round(2),
@@ -165,8 +170,8 @@ def http_section(fig: Path) -> str:
     rows = pd.DataFrame({"model": r.model, "server": r.server, "req/s": r.rate, "completed / sent":
                          [f"{c} / {n}" for c, n in zip(r.completed, r.num_prompts)],
                          "output tokens/s": r.output_throughput.round(1),
-                         "TTFT p50 / p99 ms": [f"{a:.0f} / {b:.0f}" for a, b in zip(r.ttft_p50_ms, r.ttft_p99_ms)],
-                         "TPOT p50 / p99 ms": [f"{a:.1f} / {b:.1f}" for a, b in zip(r.tpot_p50_ms, r.tpot_p99_ms)],
+                         "TTFT p50 / p99 ms": _p50_p99(r, "ttft", 0),
+                         "TPOT p50 / p99 ms": _p50_p99(r, "tpot", 1),
                          "ITL p50 ms": r.itl_p50_ms.round(1)})
     wide = r.pivot_table(index=["model", "rate"], columns="server", values=["output_throughput", "tpot_p50_ms"])
     ratio = pd.DataFrame({"kvgpt / vLLM output tokens/s": (wide["output_throughput"]["kvgpt"] /

@@ -92,7 +92,7 @@ def write_gguf(model, path: pathlib.Path) -> pathlib.Path:
     writer.add_feed_forward_length(4 * c.d_model)
     writer.add_block_count(c.n_layers)
     writer.add_head_count(c.n_heads)
-    writer.add_layer_norm_eps(1e-5)  # GPT-2's layer_norm_epsilon, kvgpt's LAYER_NORM_EPS
+    writer.add_layer_norm_eps(1e-5)  # GPT-2's layer_norm_epsilon, kvgpt's config.norm_eps default
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("none")  # ids in, ids out: no vocabulary needed
     writer.add_vocab_size(c.vocab_size)  # "none" + vocab_size -> V dummy tokens (llama-vocab.cpp)
